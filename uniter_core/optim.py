@@ -1,0 +1,38 @@
+"""Optimiser and learning-rate schedule of the official UNITER recipe.
+
+AdamW with betas (0.9, 0.98) and weight decay on every weight except biases and LayerNorm parameters; the learning
+rate warms up linearly, then decays linearly to zero at the last step.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed weights, and biases + LayerNorm parameters (no decay), each parameter once."""
+    no_decay_names = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm.weight", "layer_norm.bias")
+    decay, no_decay, seen = [], [], set()
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad or id(parameter) in seen:
+            continue  # tied weights appear under several names
+        seen.add(id(parameter))
+        (no_decay if name.endswith(no_decay_names) else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, lr: float, betas=(0.9, 0.98), weight_decay: float = 0.01) -> torch.optim.AdamW:
+    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=tuple(betas))
+
+
+def linear_warmup_decay(warmup_steps: int, total_steps: int):
+    """Multiplier of the peak learning rate at a given step (for LambdaLR)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(warmup_steps, total_steps))

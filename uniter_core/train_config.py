@@ -1,0 +1,170 @@
+"""Training configuration: one YAML file per experiment, validated before any work starts.
+
+A config is a nested mapping with the sections below. Unknown keys, wrong types and missing data paths are
+reported in one sentence naming the file and the key, so a typo never silently falls back to a default.
+Command-line overrides use dotted keys: `optim.lr=1e-4 run.num_steps=200`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+TASKS = ("mlm", "mrfr", "mrc", "mrckl", "itm")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot be run."""
+
+
+@dataclass
+class ModelSection:
+    preset: str = "uniter-mini"  # uniter-mini | uniter-base | uniter-large
+    init: str = "minilm"  # minilm (offline BERT weights) | random | path to an official .pt | run folder
+    overrides: dict = field(default_factory=dict)  # any UniterConfig field, e.g. {num_hidden_layers: 2}
+
+
+@dataclass
+class DataSection:
+    corpus: str = "data/collage"  # corpus folder (img_db/ + txt_db/)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    max_text_len: int = 60
+    max_regions: int = 100
+    num_workers: int = 0
+
+
+@dataclass
+class TaskSection:
+    mix: dict = field(default_factory=lambda: {"itm": 3, "mlm": 4, "mrfr": 2, "mrckl": 2})
+    itm_neg_prob: float = 0.5
+    itm_ot_lambda: float = 0.1
+
+
+@dataclass
+class OptimSection:
+    lr: float = 5e-5
+    betas: tuple = (0.9, 0.98)
+    weight_decay: float = 0.01
+    warmup_steps: int = 10000
+    grad_clip: float = 5.0
+    grad_accum: int = 1
+
+
+@dataclass
+class BatchSection:
+    max_tokens: int = 10240  # per micro-batch, counted as longest example x batch size
+    bucket_size: int = 8192
+    size_multiple: int = 8
+
+
+@dataclass
+class RunSection:
+    num_steps: int = 100000
+    seed: int = 42
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 1000
+    keep_last: int = 3
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # bf16 autocast, used on CUDA only
+    tensorboard: bool = False
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    tasks: TaskSection = field(default_factory=TaskSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    batch: BatchSection = field(default_factory=BatchSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _merge(section, values: dict, where: str, prefix: str = "") -> None:
+    """Copy `values` onto a config section; `where` names the file (or override) for error messages."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: {prefix or 'the config'} must be a mapping, got {values!r}")
+    known = {f.name: f for f in fields(section)}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {name!r} (known here: {', '.join(sorted(known))})")
+        current = getattr(section, key)
+        if is_dataclass(current):
+            _merge(current, value, where, f"{name}.")
+        else:
+            setattr(section, key, _coerce(value, current, f"{where}: {name}"))
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    """Keep the default's type (ints accepted for floats, lists for tuples); refuse anything else."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(current, float) and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # YAML reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    elif isinstance(current, int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif isinstance(current, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    elif isinstance(current, (str, dict)) and isinstance(value, type(current)):
+        return copy.deepcopy(value)
+    raise ConfigError(f"{where}: expected {type(current).__name__}, got {value!r}")
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    return key.split("."), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config (None: all defaults) and apply dotted overrides."""
+    config = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        _merge(config, values, str(path))
+    for text in overrides:
+        keys, value = _parse_override(text)
+        nested: dict = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        _merge(config, nested, f"override {text!r}")
+    validate(config, str(path) if path else "config")
+    return config
+
+
+def validate(config: TrainConfig, where: str) -> None:
+    """Checks that need no data: positive sizes, known tasks and presets."""
+    unknown = set(config.tasks.mix) - set(TASKS)
+    if unknown:
+        raise ConfigError(f"{where}: tasks.mix names unknown tasks {sorted(unknown)} (known: {', '.join(TASKS)})")
+    if not config.tasks.mix or any(float(v) < 0 for v in config.tasks.mix.values()) or \
+            sum(float(v) for v in config.tasks.mix.values()) <= 0:
+        raise ConfigError(f"{where}: tasks.mix needs non-negative ratios with a positive sum")
+    for name in ("num_steps", "save_every", "keep_last", "log_every"):
+        if getattr(config.run, name) < 1:
+            raise ConfigError(f"{where}: run.{name} must be >= 1")
+    if config.optim.grad_accum < 1 or config.batch.max_tokens < 1:
+        raise ConfigError(f"{where}: optim.grad_accum and batch.max_tokens must be >= 1")
+    if config.run.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"{where}: run.device must be auto, cpu or cuda")
