@@ -69,3 +69,26 @@ def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     else:
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
+
+
+def resumable_work_dir(out: str | os.PathLike, settings: dict) -> Path:
+    """The folder `OUT.partial` in which a long job builds `out`.
+
+    A partial folder left by an interrupted run is kept (its finished pieces are reused) only if it was made
+    with the same `settings`; otherwise it is wiped. Call `finish_work_dir` when everything is written.
+    """
+    out = Path(out)
+    work = out.with_name(out.name + ".partial")
+    settings_file = work / ".settings.json"
+    settings = json.loads(json.dumps(settings))  # normalise tuples/paths as they will read back
+    if work.exists() and (not settings_file.exists() or json.loads(settings_file.read_text()) != settings):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(settings_file, settings, indent=None)
+    return work
+
+
+def finish_work_dir(work: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move a completed `OUT.partial` into place as `out`."""
+    (Path(work) / ".settings.json").unlink(missing_ok=True)
+    replace_dir(work, out)

@@ -13,8 +13,6 @@ from its finished shards):
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -31,7 +29,7 @@ from uniter_core.data.regions import RegionFeatureExtractor
 from uniter_core.data.scenes import make_scene, region_proposals
 from uniter_core.data.store import FeatureStoreWriter
 from uniter_core.data.tokenizer import load_tokenizer, minilm_path
-from uniter_core.io import atomic_path, replace_dir, write_json, write_jsonl
+from uniter_core.io import atomic_path, finish_work_dir, resumable_work_dir, write_json, write_jsonl
 
 SPLITS = ("train", "val", "test")
 
@@ -75,13 +73,9 @@ def build(args: argparse.Namespace) -> Path:
     if (out / "manifest.json").exists() and not args.force:
         print(f"{out} is already built (use --force to rebuild)")
         return out
-    work = out.with_name(out.name + ".partial")
-    build_args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "force")}
-    args_file = work / "build_args.json"
-    if work.exists() and (not args_file.exists() or json.loads(args_file.read_text()) != build_args):
-        shutil.rmtree(work)  # a partial build made with other settings cannot be resumed
-    (work / "images").mkdir(parents=True, exist_ok=True)
-    write_json(args_file, build_args, indent=None)
+    build_args = {k: v for k, v in vars(args).items() if k not in ("out", "force")}
+    work = resumable_work_dir(out, build_args)
+    (work / "images").mkdir(exist_ok=True)
 
     tokenizer = load_tokenizer()
     class_names = imagenet_class_names()
@@ -133,8 +127,7 @@ def build(args: argparse.Namespace) -> Path:
                        "captions": len(texts[s])} for s in SPLITS},
         "categories": [c.name for c in CATEGORIES], "build_seconds": round(time.time() - start_time, 1),
         "build_args": build_args})
-    args_file.unlink()
-    replace_dir(work, out)
+    finish_work_dir(work, out)
     return out
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from uniter_core.data.backbone import FEATURE_DIM, imagenet_class_names
 from uniter_core.data.regions import RegionFeatureExtractor, grid_proposals
 from uniter_core.data.store import FeatureStoreWriter, StoreError, validate_regions
 from uniter_core.data.tokenizer import load_tokenizer, minilm_path
-from uniter_core.io import replace_dir, write_json, write_jsonl
+from uniter_core.io import finish_work_dir, resumable_work_dir, write_json, write_jsonl
 
 
 class InputError(ValueError):
@@ -228,15 +227,10 @@ def build(args: argparse.Namespace) -> Path:
         return out
     jobs, rows = plan(args)
     start_time = time.time()
-    work = out.with_name(out.name + ".partial")
     run_args = {"images": str(args.images.resolve()), "captions": _fingerprint(args.captions),
                 "boxes": _fingerprint(args.boxes), "split": args.split, "shard_size": args.shard_size,
                 "max_side": args.max_side}
-    args_file = work / "extract_args.json"
-    if work.exists() and (not args_file.exists() or json.loads(args_file.read_text()) != run_args):
-        shutil.rmtree(work)  # a partial build of other inputs or settings cannot be resumed
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(args_file, run_args, indent=None)
+    work = resumable_work_dir(out, run_args)  # a partial build of other inputs or settings is wiped
 
     class_names = imagenet_class_names()
     writer = FeatureStoreWriter(work / "img_db", FEATURE_DIM, class_names, background_class=False)
@@ -277,8 +271,7 @@ def build(args: argparse.Namespace) -> Path:
         "boxes_file": str(args.boxes.resolve()) if args.boxes else None,
         "splits": {args.split: {"images": len(jobs), "captions": len(rows)}},
         "build_seconds": round(time.time() - start_time, 1), "build_args": run_args})
-    args_file.unlink()
-    replace_dir(work, out)
+    finish_work_dir(work, out)
     return out
 
 

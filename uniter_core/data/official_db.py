@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from uniter_core.data.regions import RegionFeatures
 from uniter_core.data.store import FIELDS, FeatureStoreWriter, StoreError
-from uniter_core.io import replace_dir, write_json, write_jsonl
+from uniter_core.io import finish_work_dir, replace_dir, resumable_work_dir, write_json, write_jsonl
 
 KEYS = b"__keys__"
 CAPTION_FIELDS = ("raw", "caption", "sentence", "sent", "text", "question")
@@ -410,14 +410,9 @@ def convert(args: argparse.Namespace) -> Path:
     if not fnames:
         raise OfficialDBError(f"the text DBs {[str(d) for d in args.txt_db]} contain no texts")
 
-    work = out.with_name(out.name + ".partial")
     run_args = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
                 for k, v in vars(args).items() if k not in ("out", "force")}
-    args_file = work / "convert_args.json"
-    if work.exists() and (not args_file.exists() or json.loads(args_file.read_text()) != run_args):
-        shutil.rmtree(work)  # a partial conversion made with other settings cannot be resumed
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(args_file, run_args, indent=None)
+    work = resumable_work_dir(out, run_args)  # a partial conversion with other settings is wiped
 
     first = source[fnames[0]][fnames[0]]
     num_classes = first["soft_labels"].shape[1]
@@ -445,8 +440,7 @@ def convert(args: argparse.Namespace) -> Path:
         "name": out.name, "kind": "official", "image_dbs": run_args["img_db"], "text_dbs": run_args["txt_db"],
         "splits": {n: {"images": len({r["image_id"] for r in rows[n]}), "captions": len(rows[n])} for n in names},
         "build_args": run_args})
-    args_file.unlink()
-    replace_dir(work, out)
+    finish_work_dir(work, out)
     return out
 
 
