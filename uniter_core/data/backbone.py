@@ -71,11 +71,16 @@ def weights_file() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def load_mobilenet_v2() -> MobileNetV2:
-    """The pretrained network in eval mode (strict key matching: any architecture mismatch raises)."""
-    model = MobileNetV2()
-    state = torch.load(weights_file(), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    """The pretrained network in eval mode (strict key matching: any architecture mismatch raises).
+
+    Shared by every caller (cached), so it is built outside inference mode whatever the caller's context, and
+    kept channels-last, which roughly halves the CPU time of MobileNetV2's depthwise convolutions."""
+    with torch.inference_mode(False):
+        model = MobileNetV2()
+        state = torch.load(weights_file(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval().requires_grad_(False)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

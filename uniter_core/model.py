@@ -1,0 +1,327 @@
+"""UniterModel: BERT text embeddings + region embeddings, packed into one sequence, through a post-LN BERT encoder.
+
+Follows ChenRocks/UNITER model/model.py. Parameter names equal the official checkpoints' because the pieces
+are transformers' own BERT modules (BertEmbeddings, BertSelfAttention's query/key/value, BertSelfOutput,
+BertIntermediate, BertOutput, BertPooler), which the official code copied. Attention is ours: SDPA for
+training, and on request (`output_attentions=True`) the eager softmax, whose per-layer probabilities come
+back with a `SequenceLayout` saying where [CLS], word-pieces, [SEP], regions and padding sit.
+
+Sequence of one example: [CLS] w1 .. wn [SEP] r1 .. rk, then padding. Text and regions are embedded
+separately (text padded to the batch's longest text) and re-packed with the official `gather_index`, so every
+example's regions follow its own text directly.
+
+Hook points (`HookPoint`, parameter-free) sit on the embeddings, on every layer's attention output, layer
+output and (eager path) attention pattern; `run_with_cache` collects them by name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.bert.modeling_bert import (BertEmbeddings, BertIntermediate, BertOutput, BertPooler,
+                                                    BertSelfAttention, BertSelfOutput)
+
+from uniter_core.checkpoint import load_pretrained, save_pretrained
+from uniter_core.config import UniterConfig
+
+MASK_VALUE = -10000.0  # official: (1 - mask) * -10000 added to the attention scores
+
+
+class HookPoint(nn.Identity):
+    """A named no-op: register a forward hook on it to read or replace the activation that passes through."""
+
+
+@dataclass(frozen=True)
+class SequenceLayout:
+    """Where each part of every example lies in the packed sequence of length `seq_len`.
+
+    txt_lens count [CLS] and [SEP]; example i occupies [0, txt_lens[i] + num_bbs[i]) and is padding after.
+    """
+
+    txt_lens: tuple[int, ...]
+    num_bbs: tuple[int, ...]
+    seq_len: int
+
+    KINDS = ("cls", "word", "sep", "region", "pad")
+
+    @classmethod
+    def from_inputs(cls, attention_mask: torch.Tensor, gather_index: torch.Tensor | None = None,
+                    max_txt_len: int | None = None, txt_lens=None, num_bbs=None) -> "SequenceLayout":
+        """From the collate's lists when given, else from attn_masks and gather_index (text positions are
+        the real positions whose gather index points into the text block, i.e. is below max_txt_len)."""
+        total = attention_mask.long().sum(1)
+        if txt_lens is None:
+            if gather_index is None or max_txt_len is None:  # single modality: everything real is one part
+                txt = total if max_txt_len else torch.zeros_like(total)
+            else:
+                txt = ((gather_index < max_txt_len) & attention_mask.bool()).sum(1)
+            txt_lens = txt.tolist()
+        if num_bbs is None:
+            num_bbs = (total - torch.as_tensor(txt_lens, device=total.device)).tolist()
+        return cls(tuple(int(t) for t in txt_lens), tuple(int(n) for n in num_bbs), int(attention_mask.size(1)))
+
+    @classmethod
+    def from_batch(cls, batch: dict) -> "SequenceLayout":
+        return cls.from_inputs(batch["attn_masks"], batch.get("gather_index"), batch["input_ids"].size(1),
+                               batch.get("txt_lens"), batch.get("num_bbs"))
+
+    def __len__(self) -> int:
+        return len(self.txt_lens)
+
+    def total_len(self, i: int) -> int:
+        return self.txt_lens[i] + self.num_bbs[i]
+
+    def cls_index(self, i: int) -> int:
+        return 0
+
+    def sep_index(self, i: int) -> int:
+        return self.txt_lens[i] - 1
+
+    def text_slice(self, i: int) -> slice:
+        """[CLS] word-pieces [SEP]."""
+        return slice(0, self.txt_lens[i])
+
+    def word_slice(self, i: int) -> slice:
+        return slice(1, self.txt_lens[i] - 1)
+
+    def region_slice(self, i: int) -> slice:
+        return slice(self.txt_lens[i], self.total_len(i))
+
+    def pad_slice(self, i: int) -> slice:
+        return slice(self.total_len(i), self.seq_len)
+
+    def kinds(self, i: int) -> list[str]:
+        """One of KINDS per position of example i."""
+        tl, nbb = self.txt_lens[i], self.num_bbs[i]
+        return (["cls"] + ["word"] * (tl - 2) + ["sep"] + ["region"] * nbb
+                + ["pad"] * (self.seq_len - tl - nbb))
+
+    def masks(self, device=None) -> dict[str, torch.Tensor]:
+        """Bool [B, L] masks for each kind, plus 'text' (cls + word + sep) and 'real' (everything but pad)."""
+        pos = torch.arange(self.seq_len, device=device).unsqueeze(0)
+        tl = torch.tensor(self.txt_lens, device=device).unsqueeze(1)
+        end = tl + torch.tensor(self.num_bbs, device=device).unsqueeze(1)
+        out = {"cls": pos == 0, "sep": pos == tl - 1, "text": pos < tl, "region": (pos >= tl) & (pos < end),
+               "real": pos < end}
+        out["word"] = out["text"] & ~out["cls"] & ~out["sep"]
+        out["pad"] = ~out["real"]
+        return out
+
+
+@dataclass
+class UniterOutput:
+    last_hidden_state: torch.Tensor  # [B, L, hidden]
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings + every layer, with output_hidden_states
+    attentions: tuple[torch.Tensor, ...] | None = None  # per layer [B, heads, L, L], with output_attentions
+    layout: SequenceLayout | None = None  # with output_attentions
+
+
+class UniterImageEmbeddings(nn.Module):
+    """LayerNorm(img_linear(feat)) + LayerNorm(pos_linear(pos7)) + type embedding, then LayerNorm, dropout."""
+
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        self.img_linear = nn.Linear(config.img_dim, config.hidden_size)
+        self.img_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pos_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pos_linear = nn.Linear(7, config.hidden_size)
+        self.mask_embedding = nn.Embedding(2, config.img_dim, padding_idx=0)  # row 1 is added to masked regions
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, img_feat, img_pos_feat, type_embeddings, img_masks=None):
+        if img_masks is not None:
+            # Official: img_feat + mask_embedding(img_masks) with row 0 zeroed; row 0 contributes nothing, so
+            # only row 1 is read (and the parameter is never written in forward).
+            img_feat = img_feat + img_masks.unsqueeze(-1).to(img_feat.dtype) * self.mask_embedding.weight[1]
+        transformed_im = self.img_layer_norm(self.img_linear(img_feat))
+        transformed_pos = self.pos_layer_norm(self.pos_linear(img_pos_feat))
+        return self.dropout(self.LayerNorm(transformed_im + transformed_pos + type_embeddings))
+
+
+class UniterSelfAttention(BertSelfAttention):
+    """BERT's query/key/value with SDPA (default) or eager attention that returns its probabilities."""
+
+    def __init__(self, config: UniterConfig):
+        super().__init__(config)
+        self.hook_pattern = HookPoint()
+
+    def forward(self, hidden_states, attention_mask, output_attentions: bool = False):
+        b, n, _ = hidden_states.shape
+        shape = (b, n, self.num_attention_heads, self.attention_head_size)
+        q = self.query(hidden_states).view(shape).transpose(1, 2)
+        k = self.key(hidden_states).view(shape).transpose(1, 2)
+        v = self.value(hidden_states).view(shape).transpose(1, 2)
+        attention_mask = attention_mask.to(q.dtype)
+        if output_attentions:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling + attention_mask
+            probs = self.hook_pattern(scores.softmax(dim=-1))
+            context = torch.matmul(self.dropout(probs), v)
+        else:
+            probs = None
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling,
+                                                     dropout_p=self.dropout.p if self.training else 0.0)
+        return context.transpose(1, 2).reshape(b, n, self.all_head_size), probs
+
+
+class UniterAttention(nn.Module):
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        self.self = UniterSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden_states, attention_mask, output_attentions: bool = False):
+        context, probs = self.self(hidden_states, attention_mask, output_attentions)
+        return self.output(context, hidden_states), probs
+
+
+class UniterLayer(nn.Module):
+    """Post-LN transformer block: LN(x + attn(x)), then LN(h + FFN(h)) with erf GELU."""
+
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        self.attention = UniterAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+        self.hook_attn_out = HookPoint()
+        self.hook_out = HookPoint()
+
+    def forward(self, hidden_states, attention_mask, output_attentions: bool = False):
+        attention_output, probs = self.attention(hidden_states, attention_mask, output_attentions)
+        attention_output = self.hook_attn_out(attention_output)
+        layer_output = self.output(self.intermediate(attention_output), attention_output)
+        return self.hook_out(layer_output), probs
+
+
+class UniterEncoder(nn.Module):
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([UniterLayer(config) for _ in range(config.num_hidden_layers)])
+
+    def forward(self, hidden_states, attention_mask, output_attentions=False, output_hidden_states=False):
+        all_hidden = [hidden_states] if output_hidden_states else None
+        all_attn = [] if output_attentions else None
+        for layer in self.layer:
+            hidden_states, probs = layer(hidden_states, attention_mask, output_attentions)
+            if output_hidden_states:
+                all_hidden.append(hidden_states)
+            if output_attentions:
+                all_attn.append(probs)
+        return hidden_states, all_hidden, all_attn
+
+
+class UniterPreTrainedModel(nn.Module):
+    """Official initialisation (normal(0, initializer_range), LayerNorm 1/0, zero biases) and
+    `save_pretrained` / `from_pretrained` (safetensors + config.json, see uniter_core.checkpoint)."""
+
+    config_class = UniterConfig
+
+    def __init__(self, config: UniterConfig):
+        super().__init__()
+        self.config = config
+
+    def _init_module(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+
+    def init_weights(self) -> None:
+        self.apply(self._init_module)
+
+    def save_pretrained(self, folder) -> None:
+        save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder):
+        return load_pretrained(cls, folder)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class UniterModel(UniterPreTrainedModel):
+    def __init__(self, config: UniterConfig):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.img_embeddings = UniterImageEmbeddings(config)
+        self.encoder = UniterEncoder(config)
+        self.pooler = BertPooler(config)
+        self.hook_embeddings = HookPoint()
+        self.init_weights()
+
+    def embed(self, input_ids, position_ids, img_feat, img_pos_feat, gather_index=None, img_masks=None,
+              txt_type_ids=None, img_type_ids=None) -> torch.Tensor:
+        """Packed input embeddings [B, L, hidden]; input_ids=None gives image only, img_feat=None text only."""
+        if img_feat is not None:
+            if img_type_ids is None:
+                img_type_ids = torch.ones(img_feat.shape[:2], dtype=torch.long, device=img_feat.device)
+            img_emb = self.img_embeddings(img_feat, img_pos_feat,
+                                          self.embeddings.token_type_embeddings(img_type_ids), img_masks)
+            if input_ids is None:
+                return img_emb
+        txt_emb = self.embeddings(input_ids=input_ids, token_type_ids=txt_type_ids, position_ids=position_ids)
+        if img_feat is None:
+            return txt_emb
+        if gather_index is None:
+            raise ValueError("text + image input needs gather_index (see uniter_core.data.dataset.collate)")
+        index = gather_index.unsqueeze(-1).expand(-1, -1, txt_emb.size(-1))
+        return torch.gather(torch.cat([txt_emb, img_emb], dim=1), dim=1, index=index)
+
+    def forward(self, input_ids, position_ids, img_feat, img_pos_feat, attention_mask, gather_index=None,
+                img_masks=None, txt_type_ids=None, img_type_ids=None, output_attentions: bool = False,
+                output_hidden_states: bool = False, txt_lens=None, num_bbs=None) -> UniterOutput:
+        """Arguments in the official order. `output_attentions` switches every layer to eager attention and
+        adds the layout; txt_lens / num_bbs (the collate's lists) spare deriving the layout from the masks."""
+        dtype = self.embeddings.word_embeddings.weight.dtype
+        extended_mask = (1.0 - attention_mask[:, None, None, :].to(dtype)) * MASK_VALUE
+        embeddings = self.hook_embeddings(self.embed(input_ids, position_ids, img_feat, img_pos_feat,
+                                                     gather_index, img_masks, txt_type_ids, img_type_ids))
+        hidden, all_hidden, all_attn = self.encoder(embeddings, extended_mask, output_attentions,
+                                                    output_hidden_states)
+        layout = None
+        if output_attentions:
+            max_txt_len = input_ids.size(1) if input_ids is not None else 0
+            if img_feat is None:
+                gather_index = None
+            layout = SequenceLayout.from_inputs(attention_mask, gather_index, max_txt_len, txt_lens, num_bbs)
+        return UniterOutput(hidden, tuple(all_hidden) if all_hidden else None,
+                            tuple(all_attn) if all_attn else None, layout)
+
+    def forward_batch(self, batch: dict, **kwargs) -> UniterOutput:
+        """forward() on a collated batch dict (official keys); applies batch['img_masks'] when present.
+        A batch without img_feat (or without input_ids) runs text only (image only)."""
+        return self(batch.get("input_ids"), batch.get("position_ids"), batch.get("img_feat"),
+                    batch.get("img_pos_feat"), batch["attn_masks"], batch.get("gather_index"),
+                    img_masks=batch.get("img_masks"),
+                    txt_type_ids=batch.get("txt_type_ids"), img_type_ids=batch.get("img_type_ids"),
+                    txt_lens=batch.get("txt_lens"), num_bbs=batch.get("num_bbs"), **kwargs)
+
+    def run_with_cache(self, *args, names=None, **kwargs) -> tuple[UniterOutput, dict[str, torch.Tensor]]:
+        """forward(*args, **kwargs) -- or forward_batch(batch, **kwargs) when given a batch dict -- recording
+        every HookPoint's activation (detached), keyed by module name, e.g. 'encoder.layer.3.hook_out'.
+        Attention patterns ('...attention.self.hook_pattern') need output_attentions=True. `names`: optional
+        collection of names to keep."""
+        cache: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint) and (names is None or name in names):
+                handles.append(module.register_forward_hook(
+                    lambda _module, _inputs, output, name=name: cache.__setitem__(name, output.detach())))
+        try:
+            if len(args) == 1 and isinstance(args[0], dict):
+                output = self.forward_batch(args[0], **kwargs)
+            else:
+                output = self(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return output, cache
