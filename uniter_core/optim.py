@@ -10,14 +10,18 @@ from torch import nn
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weights, and biases + LayerNorm parameters (no decay), each parameter once."""
-    no_decay_names = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm.weight", "layer_norm.bias")
+    """Two groups: decayed weights, and biases + LayerNorm parameters (no decay), each parameter once.
+
+    LayerNorms are found by type, not by name, so the heads' unnamed ones (e.g. region_classifier.net.2) are
+    exempt too (the official name-based rule misses those two)."""
+    layer_norm_params = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
     decay, no_decay, seen = [], [], set()
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad or id(parameter) in seen:
             continue  # tied weights appear under several names
         seen.add(id(parameter))
-        (no_decay if name.endswith(no_decay_names) else decay).append(parameter)
+        exempt = name.endswith("bias") or id(parameter) in layer_norm_params
+        (no_decay if exempt else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

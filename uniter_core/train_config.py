@@ -74,6 +74,7 @@ class RunSection:
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast, used on CUDA only
     tensorboard: bool = False
+    sync_check: bool = False  # distributed runs: log whether all ranks hold identical weights after each step
 
 
 @dataclass
@@ -129,6 +130,14 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     key, raw = text.split("=", 1)
     return key.split("."), yaml.safe_load(raw)
+
+
+def config_from_dict(values: dict, where: str) -> TrainConfig:
+    """A config from a mapping (e.g. a run's saved train_config.json), validated like a YAML file."""
+    config = TrainConfig()
+    _merge(config, values, where)
+    validate(config, where)
+    return config
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

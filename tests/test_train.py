@@ -1,0 +1,146 @@
+"""The trainer: runs from a config, resumes exactly after SIGKILL, refuses bad configs, runs under torchrun."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from uniter_core import train
+from uniter_core.io import read_jsonl
+from uniter_core.train_config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = ("model.init=random", "model.overrides={num_hidden_layers: 2, hidden_size: 32, "
+              "num_attention_heads: 4, intermediate_size: 64}")
+
+
+def tiny_overrides(corpus: Path, steps: int = 8, **run) -> list[str]:
+    settings = {"num_steps": steps, "save_every": 2, "log_every": 1, "keep_last": 2, **run}
+    return [*TINY_MODEL, f"data.corpus={corpus}", "optim.warmup_steps=2", "optim.lr=0.001",
+            "batch.max_tokens=400", "batch.size_multiple=2", "batch.bucket_size=64",
+            *(f"run.{k}={v}" for k, v in settings.items())]
+
+
+def losses(run: Path) -> dict[int, tuple[str, float]]:
+    return {r["step"]: (r["task"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl") if "loss" in r}
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    return load_file(run / "checkpoints" / latest / "model" / "model.safetensors")
+
+
+def _command(out: Path, overrides: list[str], *extra: str) -> list[str]:
+    return [sys.executable, "-m", "uniter_core.train", "--out", str(out), "--no-eval", *extra, *overrides]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_corpus, tmp_path):
+    overrides = tiny_overrides(tiny_corpus, steps=10)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    straight = tmp_path / "straight"
+    subprocess.run(_command(straight, overrides), check=True, env=env, cwd=REPO, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_command(killed, overrides), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    pointer = killed / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if pointer.exists() and pointer.read_text().strip() >= "step_00000004":
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "checkpoints" / "step_00000010").exists()
+
+    subprocess.run(_command(killed, overrides, "--resume"), check=True, env=env, cwd=REPO, capture_output=True)
+    assert losses(killed) == losses(straight)
+    assert sorted(losses(killed)) == list(range(1, 11))
+    reference = final_weights(straight)
+    resumed = final_weights(killed)
+    assert reference.keys() == resumed.keys()
+    for name, tensor in reference.items():
+        assert torch.equal(tensor, resumed[name]), name
+    kept = sorted(p.name for p in (killed / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000008", "step_00000010"]
+
+
+def test_training_logs_every_task_and_evaluates(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(["--out", str(out), *tiny_overrides(tiny_corpus, steps=12),
+                       "tasks.mix={itm: 1, mlm: 1, mrfr: 1, mrc: 1, mrckl: 1}", "data.test_split=val"]) == 0
+    records = read_jsonl(out / "metrics.jsonl")
+    tasks = {r["task"] for r in records if "task" in r}
+    assert tasks == {"itm", "mlm", "mrfr", "mrc", "mrckl"}
+    for record in records:
+        if "loss" in record:
+            assert record["tokens"] > 0 and record["lr"] > 0 and record["examples_per_s"] > 0
+    itm = [r for r in records if r.get("task") == "itm"]
+    assert all("loss_itm_ot" in r for r in itm)  # WRA is part of ITM
+    evaluation = records[-1]["eval"]["val"]
+    for key in ("t2i_r1", "i2t_r10", "mlm_accuracy", "mrckl_kl", "alignment_accuracy", "alignment_chance"):
+        assert key in evaluation
+    assert 0 < evaluation["alignment_chance"] < 1
+    assert json.loads((out / "train_config.json").read_text())["run"]["num_steps"] == 12
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.learning_rate=1", "unknown key 'optim.learning_rate'"),
+    ("data.corpus=/nonexistent/corpus", "not a built corpus"),
+    ("model.overrides={img_dim: 2048}", "dimension 1280 but the model expects img_dim 2048"),
+    ("tasks.mix={itm: 1, vqa: 1}", "unknown tasks"),
+])
+def test_bad_config_fails_before_any_work(tiny_corpus, tmp_path, capsys, override, message):
+    out = tmp_path / "run"
+    assert train.main(["--out", str(out), *tiny_overrides(tiny_corpus), override]) == 2
+    assert message in capsys.readouterr().err
+    assert not (out / "checkpoints").exists()
+
+
+def test_yaml_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run:\n  num_stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'run.num_stepz'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    for shipped in (REPO / "configs").glob("*.yaml"):
+        load_config(shipped)
+
+
+def test_two_cpu_processes_stay_in_sync(tiny_corpus, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "uniter_core.train", "--out", str(out), "--no-eval",
+               *tiny_overrides(tiny_corpus, steps=4, save_every=4), "batch.max_tokens=200", "run.sync_check=true"]
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [r for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["params_in_sync"] for r in records)
+
+
+def test_weight_decay_spares_biases_and_every_layer_norm():
+    from uniter_core.config import UniterConfig
+    from uniter_core.optim import build_optimizer, linear_warmup_decay
+    from uniter_core.pretrain import UniterForPretraining
+
+    model = UniterForPretraining(UniterConfig.from_preset("uniter-mini", num_hidden_layers=1, hidden_size=32,
+                                                          num_attention_heads=4, intermediate_size=64))
+    decay, no_decay = build_optimizer(model, lr=1e-3).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert "region_classifier.net.2.weight" in {names[id(p)] for p in no_decay["params"]}
+    assert all(names[id(p)].endswith("weight") for p in decay["params"])
+    total = len({id(p) for p in model.parameters()})
+    assert len(decay["params"]) + len(no_decay["params"]) == total  # tied weights counted once
+    factor = linear_warmup_decay(10, 110)
+    assert factor(0) == 0.1 and factor(9) == 1.0 and factor(60) == 0.5 and factor(110) == 0.0

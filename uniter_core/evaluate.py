@@ -1,0 +1,184 @@
+"""Evaluate a pre-trained UNITER: retrieval by ITM score, MLM accuracy, MRC-kl, and word-region alignment.
+
+    python -m uniter_core.evaluate --run runs/pretrain-mini [--split test] [--baseline]
+
+- Retrieval: the first caption of each of up to 100 images of the split, all caption x image pairs scored by
+  the ITM head (probability of "match"); text->image and image->text recall at 1, 5 and 10.
+- MLM accuracy: share of masked word-pieces predicted exactly (fixed masks, seed 0).
+- MRC-kl: mean KL(detector soft labels || prediction) per masked region (fixed masks).
+- WRA alignment accuracy: for each word-piece with a ground-truth box in the corpus, does the region receiving
+  most of its transport mass (IPOT plan over the final-layer states of the true pair) belong to that box?
+  Chance level (1 / number of regions, averaged) is reported beside it.
+Results go to runs/NAME/eval_<split>.json (and the baseline, the un-pretrained initialisation, to
+eval_<split>_baseline.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from uniter_core.data.dataset import ImageTextDataset, collate
+from uniter_core.io import write_json
+from uniter_core.ot import cost_matrix_cosine, ipot
+from uniter_core.pretrain import UniterForPretraining
+from uniter_core.tasks import MlmDataset, MrmDataset, mlm_collate, mrm_collate
+from uniter_core.train_config import TrainConfig
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def itm_score_matrix(model, dataset: ImageTextDataset, text_indices: list[int], image_ids: list[str],
+                     batch_size: int = 128) -> torch.Tensor:
+    """S[t, i] = ITM probability that caption t matches image i."""
+    images = {image_id: dataset.get_image(image_id) for image_id in image_ids}
+    pairs = [(t, i) for t in range(len(text_indices)) for i in range(len(image_ids))]
+    texts = {t: dataset[text_indices[t]] for t in range(len(text_indices))}
+    scores = torch.empty(len(text_indices), len(image_ids))
+    for chunk in _batches(pairs, batch_size):
+        examples = [{**texts[t], **images[image_ids[i]]} for t, i in chunk]
+        batch = _to(collate(examples), model.device)
+        hidden = model.uniter.forward_batch(batch).last_hidden_state
+        probs = model.itm_output(model.uniter.pooler(hidden)).float().softmax(-1)[:, 1].cpu()
+        for (t, i), p in zip(chunk, probs):
+            scores[t, i] = p
+    return scores
+
+
+def recall_at(scores: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """scores[q, c] with the right candidate of query q at c = q."""
+    truth = scores.diagonal().unsqueeze(1)
+    rank = (scores > truth).sum(dim=1)  # ties count in the query's favour
+    return {f"r{k}": float((rank < k).float().mean()) for k in ks}
+
+
+def retrieval(model, dataset: ImageTextDataset, n_candidates: int = 100) -> dict:
+    first_caption: dict[str, int] = {}
+    for index, text in enumerate(dataset.texts):
+        first_caption.setdefault(text["image_id"], index)
+    image_ids = list(first_caption)[:n_candidates]
+    scores = itm_score_matrix(model, dataset, [first_caption[i] for i in image_ids], image_ids)
+    t2i, i2t = recall_at(scores), recall_at(scores.T)
+    return {"candidates": len(image_ids), **{f"t2i_{k}": v for k, v in t2i.items()},
+            **{f"i2t_{k}": v for k, v in i2t.items()}}
+
+
+@torch.inference_mode()
+def masked_modelling(model, dataset: ImageTextDataset, max_examples: int = 500, batch_size: int = 64) -> dict:
+    config = model.config
+    indices = list(range(min(len(dataset), max_examples)))
+    mlm = MlmDataset(dataset, config.mask_token_id, (config.first_word_piece_id, config.vocab_size),
+                     config.mlm_prob, seed=0)
+    mrm = MrmDataset(dataset, config.mrm_prob, seed=0)
+    correct = total = 0
+    kl_sum = regions = 0.0
+    for chunk in _batches(indices, batch_size):
+        batch = _to(mlm_collate([mlm[i] for i in chunk]), model.device)
+        scores = model(batch, "mlm", compute_loss=False)
+        labels = batch["txt_labels"][batch["txt_labels"] != -1]
+        correct += int((scores.argmax(-1) == labels).sum())
+        total += labels.numel()
+        batch = _to(mrm_collate([mrm[i] for i in chunk]), model.device)
+        kl = model(batch, "mrckl")
+        kl_sum += float(kl.sum())
+        regions += kl.size(0)
+    return {"mlm_accuracy": correct / max(total, 1), "mlm_targets": total,
+            "mrckl_kl": kl_sum / max(regions, 1), "mrm_regions": int(regions)}
+
+
+@torch.inference_mode()
+def alignment_accuracy(model, dataset: ImageTextDataset, max_examples: int = 500, batch_size: int = 64) -> dict:
+    """Share of grounded word-pieces whose largest transport mass lands on one of their ground-truth boxes."""
+    indices = [i for i, t in enumerate(dataset.texts) if t.get("alignment")][:max_examples]
+    hits = words = 0
+    chance = 0.0
+    config = model.config
+    for chunk in _batches(indices, batch_size):
+        examples = [dataset[i] for i in chunk]
+        batch = _to(collate(examples), model.device)
+        hidden = model.uniter.forward_batch(batch).last_hidden_state.float()
+        txt_lens, num_bbs = batch["txt_lens"], batch["num_bbs"]
+        max_t, max_k = max(txt_lens), max(num_bbs)
+        txt_pad = torch.arange(max_t, device=hidden.device) >= torch.tensor(txt_lens, device=hidden.device)[:, None]
+        img_pad = torch.arange(max_k, device=hidden.device) >= torch.tensor(num_bbs, device=hidden.device)[:, None]
+        txt_emb = torch.zeros(len(examples), max_t, hidden.size(-1), device=hidden.device)
+        img_emb = torch.zeros(len(examples), max_k, hidden.size(-1), device=hidden.device)
+        for b, (tl, nbb) in enumerate(zip(txt_lens, num_bbs)):
+            txt_emb[b, :tl] = hidden[b, :tl]
+            img_emb[b, :nbb] = hidden[b, tl:tl + nbb]
+        cost = cost_matrix_cosine(txt_emb, img_emb).masked_fill(txt_pad[:, :, None] | img_pad[:, None, :], 0)
+        plan = ipot(cost, txt_pad, img_pad, config.ot_beta, config.ot_iteration, config.ot_k, config.ot_solver)
+        for b, example in enumerate(examples):
+            truth: dict[int, set[int]] = {}
+            for position, region in example["alignment"]:
+                truth.setdefault(position, set()).add(region)
+            for position, regions in truth.items():
+                hits += int(int(plan[b, position].argmax()) in regions)
+                chance += len(regions) / num_bbs[b]
+                words += 1
+    return {"alignment_accuracy": hits / max(words, 1), "alignment_chance": chance / max(words, 1),
+            "aligned_words": words}
+
+
+def evaluate_model(model: UniterForPretraining, corpus: Path, split: str, config: TrainConfig | None = None,
+                   n_candidates: int = 100) -> dict:
+    config = config or TrainConfig()
+    dataset = ImageTextDataset(corpus, split, config.data.max_text_len, config.data.max_regions)
+    was_training = model.training
+    model.eval()
+    try:
+        return {**retrieval(model, dataset, n_candidates), **masked_modelling(model, dataset),
+                **alignment_accuracy(model, dataset)}
+    finally:
+        model.train(was_training)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, type=Path, help="run folder written by uniter_core.train")
+    p.add_argument("--split", default="test")
+    p.add_argument("--baseline", action="store_true", help="also evaluate the un-pretrained initialisation")
+    p.add_argument("--candidates", type=int, default=100, help="retrieval candidates (default 100)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from uniter_core.train import build_model
+    from uniter_core.train_config import config_from_dict
+    from uniter_core.train_state import CheckpointManager
+
+    args = parse_args(argv)
+    latest = CheckpointManager(args.run).latest()
+    config_file = args.run / "train_config.json"
+    if latest is None or not config_file.exists():
+        print(f"error: {args.run} holds no finished checkpoint (run uniter_core.train first)", file=sys.stderr)
+        return 2
+    config = config_from_dict(json.loads(config_file.read_text()), str(config_file))
+    corpus = Path(config.data.corpus)
+    results = {}
+    models = [("pretrained", lambda: UniterForPretraining.from_pretrained(latest / "model"))]
+    if args.baseline:
+        models.append(("baseline", lambda: build_model(config)))
+    for name, make in models:
+        torch.manual_seed(0)
+        result = evaluate_model(make(), corpus, args.split, config, args.candidates)
+        suffix = "" if name == "pretrained" else "_baseline"
+        write_json(args.run / f"eval_{args.split}{suffix}.json", {"checkpoint": latest.name, **result})
+        results[name] = result
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

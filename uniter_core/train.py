@@ -1,0 +1,317 @@
+"""Pre-train UNITER from a YAML config, on a CPU, a GPU or many (torchrun).
+
+    python -m uniter_core.train --config configs/pretrain-mini.yaml --out runs/pretrain-mini [--resume] [k=v ...]
+    torchrun --nproc_per_node 2 -m uniter_core.train --config ... --out ...
+
+One task per optimisation step, drawn from the mix ratios by a sampler that depends only on (seed, step), so every
+rank and every micro-batch of a gradient-accumulation cycle runs the same task. Each task reads its own
+token-bucketed stream of batches. Checkpoints (uniter_core.train_state) hold everything needed to continue
+exactly where the run stopped; metrics go to runs/NAME/metrics.jsonl, one JSON object per line.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from uniter_core.config import UniterConfig
+from uniter_core.data.dataset import ImageTextDataset, TokenBucketSampler
+from uniter_core.io import read_jsonl, write_json, write_jsonl
+from uniter_core.optim import build_optimizer, build_scheduler
+from uniter_core.pretrain import UniterForPretraining, task_loss
+from uniter_core.tasks import TaskSampler, build_task_dataset
+from uniter_core.train_config import ConfigError, TrainConfig, load_config
+from uniter_core.train_state import CheckpointManager
+
+
+class TaskStream:
+    """Endless batches of one task; its position (epoch, batches consumed) is part of a checkpoint."""
+
+    def __init__(self, task: str, dataset, collate_fn, config: TrainConfig, rank: int, world_size: int):
+        self.task = task
+        self.dataset = dataset
+        self.sampler = TokenBucketSampler(dataset.lengths(), config.batch.max_tokens, config.batch.bucket_size,
+                                          config.batch.size_multiple, seed=config.run.seed, rank=rank,
+                                          world_size=world_size)
+        self.collate_fn = collate_fn
+        self.num_workers = config.data.num_workers
+        self.epoch, self.consumed = 0, 0
+        self._iterator = None
+
+    def _start(self) -> None:
+        self.sampler.set_epoch(self.epoch, start_batch=self.consumed)
+        self.dataset.set_epoch(self.epoch)
+        # A private generator: creating a loader iterator draws a seed, which must not come from the global
+        # RNG (that would shift dropout masks depending on when each task's stream happened to start).
+        generator = torch.Generator().manual_seed(self.sampler.seed * 7919 + self.epoch)
+        loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collate_fn,
+                            num_workers=self.num_workers, persistent_workers=False, generator=generator)
+        self._iterator = iter(loader)
+
+    def next_batch(self) -> dict:
+        if self._iterator is None:
+            self._start()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.epoch, self.consumed = self.epoch + 1, 0
+            self._start()
+            batch = next(self._iterator)
+        self.consumed += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.consumed, self._iterator = state["epoch"], state["consumed"], None
+
+
+def model_config(config: TrainConfig) -> UniterConfig:
+    return UniterConfig.from_preset(config.model.preset, **{
+        "itm_neg_prob": config.tasks.itm_neg_prob, "itm_ot_lambda": config.tasks.itm_ot_lambda,
+        **config.model.overrides})
+
+
+def build_model(config: TrainConfig) -> UniterForPretraining:
+    """The model named by model.init: MiniLM text weights, random, an official checkpoint or a run folder."""
+    init = config.model.init
+    if init == "minilm":
+        return UniterForPretraining.from_minilm(model_config(config))
+    if init == "random":
+        return UniterForPretraining(model_config(config))
+    path = Path(init)
+    if (path / "config.json").exists():
+        return UniterForPretraining.from_pretrained(path)
+    if path.is_file():
+        return UniterForPretraining.from_official_state_dict(path, model_config(config))
+    raise ConfigError(f"model.init {init!r} is neither minilm, random, an official checkpoint file nor a "
+                      f"saved model folder")
+
+
+def check_data(config: TrainConfig, uniter_config: UniterConfig, where: str) -> ImageTextDataset:
+    """Open the training split and check it fits the model before any training work starts."""
+    corpus = Path(config.data.corpus)
+    if not (corpus / "manifest.json").exists():
+        raise ConfigError(f"{where}: data.corpus {corpus} is not a built corpus (no manifest.json); build it "
+                          f"with `python -m uniter_core.data.build_corpus --out {corpus}`")
+    dataset = ImageTextDataset(corpus, config.data.train_split, config.data.max_text_len, config.data.max_regions)
+    if dataset.img_dim != uniter_config.img_dim:
+        raise ConfigError(f"{where}: the features in {corpus} have dimension {dataset.img_dim} but the model "
+                          f"expects img_dim {uniter_config.img_dim}")
+    classes = len(dataset.store.class_names)
+    if classes != uniter_config.num_region_classes:
+        raise ConfigError(f"{where}: the soft labels in {corpus} have {classes} classes but the model expects "
+                          f"num_region_classes {uniter_config.num_region_classes}")
+    if dataset.vocab_size > uniter_config.vocab_size:
+        raise ConfigError(f"{where}: the captions in {corpus} use a vocabulary of {dataset.vocab_size} but the "
+                          f"model has vocab_size {uniter_config.vocab_size}")
+    return dataset
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; a plain run is rank 0 of 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available()
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    return rank, world_size, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop the lines of steps after the checkpoint: they are about to be recomputed."""
+    if path.exists():
+        write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, out: Path, resume: bool, where: str = "config"):
+        self.config, self.out = config, out
+        self.rank, self.world_size, device = setup_distributed()
+        if config.run.device == "cpu" or (config.run.device == "auto" and device.type != "cuda"):
+            device = torch.device("cpu")
+        elif config.run.device == "cuda" and device.type != "cuda":
+            raise ConfigError(f"{where}: run.device is cuda but no GPU is available")
+        self.device = device
+        torch.manual_seed(config.run.seed + self.rank)
+        self.checkpoints = CheckpointManager(out, config.run.keep_last)
+        latest = self.checkpoints.latest() if resume else None
+        if resume and latest is None and self.rank == 0:
+            print(f"--resume: no checkpoint in {out}, starting from scratch", file=sys.stderr)
+        uniter_config = model_config(config)
+        self.train_set = check_data(config, uniter_config, where)
+        self.model = (UniterForPretraining.from_pretrained(latest / "model") if latest else build_model(config))
+        self.model.to(device)
+        self.ddp = None
+        if self.world_size > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True)  # each task uses only its own head
+        self.optimizer = build_optimizer(self.model, config.optim.lr, config.optim.betas, config.optim.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, config.optim.warmup_steps, config.run.num_steps)
+        self.task_sampler = TaskSampler(config.tasks.mix, seed=config.run.seed)
+        self.streams: dict[str, TaskStream] = {}
+        for task, ratio in config.tasks.mix.items():
+            if float(ratio) > 0:
+                dataset, collate_fn = build_task_dataset(task, self.train_set, self.model.config, config.run.seed)
+                self.streams[task] = TaskStream(task, dataset, collate_fn, config, self.rank, self.world_size)
+        self.step = 0
+        self.metrics_path = out / "metrics.jsonl"
+        if latest is not None:
+            state = CheckpointManager.load_state(latest, self.optimizer, self.scheduler)
+            self.step = state["step"]
+            self.task_sampler.load_state_dict(state["extra"]["task_sampler"])
+            for task, stream_state in state["extra"]["streams"].items():
+                self.streams[task].load_state_dict(stream_state)
+            if self.rank == 0:
+                _truncate_metrics(self.metrics_path, self.step)
+        elif self.rank == 0 and self.metrics_path.exists():
+            self.metrics_path.unlink()  # a fresh run starts a fresh log
+        if self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / "train_config.json", config.to_dict())
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.config.run.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> dict:
+        """One optimisation step of one task over grad_accum micro-batches; returns the step's log record."""
+        task = self.task_sampler.task_at(self.step)
+        self.task_sampler.step = self.step + 1
+        module = self.ddp or self.model
+        module.train()
+        accum = self.config.optim.grad_accum
+        parts_sum: dict[str, float] = {}
+        examples = tokens = 0
+        for micro in range(accum):
+            batch = to_device(self.streams[task].next_batch(), self.device)
+            sync = self.ddp is None or micro == accum - 1
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast():
+                loss, parts = task_loss(task, module(batch, task), self.model.config.itm_ot_lambda)
+                (loss / accum).backward()
+            for name, value in parts.items():
+                parts_sum[name] = parts_sum.get(name, 0.0) + float(value) / accum
+            examples += len(batch["txt_lens"])
+            tokens += int(batch["attn_masks"].sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        record = {"params_in_sync": self.params_in_sync()} if self.config.run.sync_check else {}
+        return {**record, "step": self.step, "task": task, "loss": parts_sum[task], **{f"loss_{k}": v for k, v in
+                parts_sum.items() if k != task}, "lr": lr, "grad_norm": float(grad_norm),
+                "examples": examples * self.world_size, "tokens": tokens * self.world_size}
+
+    @torch.no_grad()
+    def params_in_sync(self) -> bool:
+        """Whether every rank holds bit-identical weights (a checksum per tensor, compared across ranks)."""
+        checksums = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).cpu()
+        if self.world_size == 1:
+            return True
+        gathered = [torch.empty_like(checksums) for _ in range(self.world_size)]
+        dist.all_gather_object(gathered, checksums)
+        return all(torch.equal(gathered[0], g) for g in gathered[1:])
+
+    def save(self) -> None:
+        if self.rank == 0:
+            extra = {"task_sampler": self.task_sampler.state_dict(),
+                     "streams": {t: s.state_dict() for t, s in self.streams.items()}}
+            self.checkpoints.save(self.step, self.model, self.optimizer, self.scheduler, extra)
+        if self.world_size > 1:
+            dist.barrier()
+
+    def log(self, records: list[dict]) -> None:
+        if self.rank == 0 and records:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+
+    def train(self) -> None:
+        run = self.config.run
+        pending: list[dict] = []
+        bar = tqdm(total=run.num_steps, initial=self.step, desc="pre-training", disable=self.rank != 0,
+                   dynamic_ncols=True)
+        while self.step < run.num_steps:
+            start = time.perf_counter()
+            record = self.train_step()
+            seconds = time.perf_counter() - start
+            record.update(seconds=round(seconds, 4), examples_per_s=round(record["examples"] / seconds, 2),
+                          tokens_per_s=round(record["tokens"] / seconds, 1))
+            pending.append(record)
+            bar.update(1)
+            bar.set_postfix(task=record["task"], loss=f"{record['loss']:.3f}", ex_s=record["examples_per_s"])
+            if self.step % run.log_every == 0 or self.step == run.num_steps:
+                self.log(pending)
+                pending = []
+            if run.eval_every and self.step % run.eval_every == 0 and self.step < run.num_steps:
+                self.evaluate(self.config.data.val_split)
+            if self.step % run.save_every == 0 or self.step == run.num_steps:
+                self.log(pending)
+                pending = []
+                self.save()
+        bar.close()
+
+    def evaluate(self, split: str) -> dict | None:
+        """Evaluation on rank 0 (small splits; other ranks wait)."""
+        result = None
+        if self.rank == 0:
+            from uniter_core.evaluate import evaluate_model
+
+            result = evaluate_model(self.model, Path(self.config.data.corpus), split, self.config)
+            self.log([{"step": self.step, "eval": {split: result}}])
+        if self.world_size > 1:
+            dist.barrier()
+        return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="YAML config (see configs/); omitted: all defaults")
+    p.add_argument("--out", required=True, type=Path, help="run folder, e.g. runs/pretrain-mini")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=1e-4 run.num_steps=50")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        trainer = Trainer(config, args.out, args.resume, where=str(args.config or "config"))
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    trainer.train()
+    if not args.no_eval:
+        trainer.evaluate(config.data.test_split)
+    if trainer.rank == 0:
+        print(f"run ready: {args.out}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
