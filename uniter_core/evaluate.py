@@ -1,6 +1,6 @@
 """Evaluate a pre-trained UNITER: retrieval by ITM score, MLM accuracy, MRC-kl, and word-region alignment.
 
-    python -m uniter_core.evaluate --run runs/pretrain-mini [--split test] [--baseline]
+    python -m uniter_core.evaluate --run runs/pretrain-mini [--split test] [--which pretrained|baseline|both]
 
 - Retrieval: the first caption of each of up to 100 images of the split, all caption x image pairs scored by
   the ITM head (probability of "match"); text->image and image->text recall at 1, 5 and 10.
@@ -148,7 +148,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, type=Path, help="run folder written by uniter_core.train")
     p.add_argument("--split", default="test")
-    p.add_argument("--baseline", action="store_true", help="also evaluate the un-pretrained initialisation")
+    p.add_argument("--which", choices=("pretrained", "baseline", "both"), default="pretrained",
+                   help="the run's newest checkpoint, the un-pretrained initialisation of its config, or both")
     p.add_argument("--candidates", type=int, default=100, help="retrieval candidates (default 100)")
     return p.parse_args(argv)
 
@@ -167,14 +168,17 @@ def main(argv=None) -> int:
     config = config_from_dict(json.loads(config_file.read_text()), str(config_file))
     corpus = Path(config.data.corpus)
     results = {}
-    models = [("pretrained", lambda: UniterForPretraining.from_pretrained(latest / "model"))]
-    if args.baseline:
-        models.append(("baseline", lambda: build_model(config)))
-    for name, make in models:
+    models = {"pretrained": lambda: UniterForPretraining.from_pretrained(latest / "model"),
+              "baseline": lambda: build_model(config)}
+    for name, make in models.items():
+        if args.which not in (name, "both"):
+            continue
         torch.manual_seed(0)
-        result = evaluate_model(make(), corpus, args.split, config, args.candidates)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        result = evaluate_model(make().to(device), corpus, args.split, config, args.candidates)
         suffix = "" if name == "pretrained" else "_baseline"
-        write_json(args.run / f"eval_{args.split}{suffix}.json", {"checkpoint": latest.name, **result})
+        source = latest.name if name == "pretrained" else f"initialisation ({config.model.init})"
+        write_json(args.run / f"eval_{args.split}{suffix}.json", {"checkpoint": source, **result})
         results[name] = result
     print(json.dumps(results, indent=1))
     return 0

@@ -272,14 +272,16 @@ class Trainer:
                 self.save()
         bar.close()
 
-    def evaluate(self, split: str) -> dict | None:
-        """Evaluation on rank 0 (small splits; other ranks wait)."""
+    def evaluate(self, split: str, final: bool = False) -> dict | None:
+        """Evaluation on rank 0 (small splits; other ranks wait); the final one also goes to eval_<split>.json."""
         result = None
         if self.rank == 0:
             from uniter_core.evaluate import evaluate_model
 
             result = evaluate_model(self.model, Path(self.config.data.corpus), split, self.config)
             self.log([{"step": self.step, "eval": {split: result}}])
+            if final:
+                write_json(self.out / f"eval_{split}.json", {"checkpoint": f"step_{self.step:08d}", **result})
         if self.world_size > 1:
             dist.barrier()
         return result
@@ -305,7 +307,7 @@ def main(argv=None) -> int:
         return 2
     trainer.train()
     if not args.no_eval:
-        trainer.evaluate(config.data.test_split)
+        trainer.evaluate(config.data.test_split, final=True)
     if trainer.rank == 0:
         print(f"run ready: {args.out}")
     if dist.is_initialized():

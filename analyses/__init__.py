@@ -1,0 +1,1 @@
+"""Attention analysis: extraction, pattern features and classifier, statistics exports (see analyses/README.md)."""

@@ -1,0 +1,186 @@
+"""Attention extraction: stream every (example, layer, head) attention map of a split, with its layout.
+
+    model, corpus, config = load_run("runs/pretrain-mini")
+    for ex in iter_example_attention(model, corpus, "test"):       # one example at a time
+        ex.maps        # [layers, heads, n, n] float32 numpy, cropped to the example's real positions
+        ex.layout      # ExampleLayout: tokens, region classes and boxes, n_text / n_regions
+    for m in iter_attention_maps(model, corpus, "test"): ...       # one AttentionMap per (example, layer, head)
+
+Maps are rows = queries, columns = keys, laid out `[CLS] word-pieces [SEP] regions` (the model's packing), so
+position n_text - 1 is [SEP] and n_text + k is region k. Only one batch of attention lives in memory at a time
+(a generator), so any dataset size fits; on a GPU the maps are cropped there and copied to the CPU as float32.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from uniter_core.config import UniterConfig
+from uniter_core.data.dataset import ImageTextDataset, collate
+from uniter_core.data.tokenizer import load_tokenizer
+from uniter_core.pretrain import UniterForPretraining
+from uniter_core.train_config import TrainConfig, config_from_dict
+from uniter_core.train_state import CheckpointManager
+
+
+@dataclass(frozen=True, eq=False)
+class ExampleLayout:
+    """What each row/column of an example's maps is. Region k sits at position n_text + k."""
+
+    example: int  # index in the split's ImageTextDataset
+    text_id: str
+    image_id: str
+    tokens: tuple[str, ...]  # n_text word-pieces, tokens[0] = [CLS], tokens[-1] = [SEP]
+    region_classes: tuple[str, ...]  # n_regions class names: argmax of the region's soft labels
+    region_boxes: np.ndarray  # [n_regions, 4] x1, y1, x2, y2 normalised by the image size
+
+    @property
+    def n_text(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_regions(self) -> int:
+        return len(self.region_classes)
+
+    @property
+    def n(self) -> int:
+        return self.n_text + self.n_regions
+
+    def kinds(self) -> list[str]:
+        """'cls' / 'word' / 'sep' / 'region' per position, as SequenceLayout.kinds without padding."""
+        return ["cls"] + ["word"] * (self.n_text - 2) + ["sep"] + ["region"] * self.n_regions
+
+    def labels(self) -> list[str]:
+        """A readable name per position: the word-piece, or 'class #k' for region k (k = box index)."""
+        return list(self.tokens) + [f"{c} #{k}" for k, c in enumerate(self.region_classes)]
+
+    def to_dict(self) -> dict:
+        return {"example": self.example, "text_id": self.text_id, "image_id": self.image_id,
+                "n_text": self.n_text, "n_regions": self.n_regions, "tokens": list(self.tokens),
+                "region_classes": list(self.region_classes), "region_boxes": self.region_boxes.tolist()}
+
+
+@dataclass(frozen=True, eq=False)
+class ExampleAttention:
+    layout: ExampleLayout
+    maps: np.ndarray  # [layers, heads, n, n] float32
+
+    def heads(self) -> Iterator["AttentionMap"]:
+        for layer in range(self.maps.shape[0]):
+            for head in range(self.maps.shape[1]):
+                yield AttentionMap(self.layout, layer, head, self.maps[layer, head])
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionMap:
+    layout: ExampleLayout
+    layer: int
+    head: int
+    map: np.ndarray  # [n, n] float32 (a view into its example's stack)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_run(run_dir: str | Path) -> tuple[UniterForPretraining, Path, TrainConfig]:
+    """(model of the newest checkpoint, corpus folder, training config) of a run folder written by
+    uniter_core.train. A relative data.corpus is looked up from the working directory, then beside the run."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "train_config.json"
+    latest = CheckpointManager(run_dir).latest()
+    if latest is None or not config_file.exists():
+        raise FileNotFoundError(f"{run_dir} is not a finished run folder (needs checkpoints/latest and "
+                                f"train_config.json; train with `python -m uniter_core.train`)")
+    config = config_from_dict(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
+    corpus = Path(config.data.corpus)
+    if not corpus.is_absolute() and not corpus.exists() and (run_dir / corpus).exists():
+        corpus = run_dir / corpus
+    if not (corpus / "manifest.json").exists():
+        raise FileNotFoundError(f"{config_file}: data.corpus {corpus} is not a built corpus (no manifest.json)")
+    return UniterForPretraining.from_pretrained(latest / "model"), corpus, config
+
+
+def load_official_checkpoint(checkpoint: str | Path, corpus_dir: str | Path, preset: str = "uniter-base",
+                             **overrides) -> tuple[UniterForPretraining, Path, UniterConfig]:
+    """(model, corpus folder, model config) for an official UNITER .pt file and a corpus whose features fit it
+    (e.g. one converted from the official LMDB with uniter_core.data.official_db)."""
+    config = UniterConfig.from_preset(preset, **overrides)
+    corpus_dir = Path(corpus_dir)
+    store_manifest = corpus_dir / "img_db" / "manifest.json"
+    if not store_manifest.exists():
+        raise FileNotFoundError(f"{corpus_dir} is not a built corpus (no img_db/manifest.json)")
+    feature_dim = json.loads(store_manifest.read_text(encoding="utf-8"))["feature_dim"]
+    if feature_dim != config.img_dim:
+        raise ValueError(f"{corpus_dir} has {feature_dim}-d region features but {preset} expects {config.img_dim}")
+    return UniterForPretraining.from_official_state_dict(checkpoint, config), corpus_dir, config
+
+
+# ---------------------------------------------------------------------------------------------- extraction
+def region_class_names(soft_labels: np.ndarray, class_names: list[str], background: bool) -> list[str]:
+    """Top detector class per region; a background column 0 (official detector) is never the answer."""
+    scores = np.asarray(soft_labels, np.float32)
+    top = scores[:, 1:].argmax(1) + 1 if background else scores.argmax(1)
+    return [class_names[i] for i in top]
+
+
+def _tokens(tokenizer, ids: list[int]) -> tuple[str, ...]:
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    return tuple(p if p is not None else f"[{i}]" for p, i in zip(pieces, ids))
+
+
+@torch.inference_mode()
+def batch_maps(uniter, batch: dict) -> list[np.ndarray]:
+    """Per example of a collated batch, its maps [layers, heads, n, n] cropped to real positions (CPU float32).
+
+    The crop is exact: padded keys get zero attention (mask -10000 underflows in the softmax) and padded
+    queries are dropped, so an example gives the same maps in any batch."""
+    device = next(uniter.parameters()).device
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    output = uniter.forward_batch(batch, output_attentions=True)
+    layout = output.layout
+    maps = []
+    for i in range(len(layout)):  # crop on the device, one copy per example
+        n = layout.total_len(i)
+        maps.append(torch.stack([a[i, :, :n, :n] for a in output.attentions]).float().cpu().numpy())
+    return maps
+
+
+def iter_example_attention(model, corpus_dir: str | Path, split: str, batch_size: int = 16,
+                           max_examples: int | None = None, device: str | torch.device | None = None,
+                           max_text_len: int = 60, max_regions: int = 100, tokenizer=None,
+                           progress: bool = True) -> Iterator[ExampleAttention]:
+    """Yield ExampleAttention for the first `max_examples` examples of the split, in dataset order.
+
+    `model` is a UniterForPretraining or a UniterModel; it is put in eval mode (and moved to `device` if given).
+    The tokenizer defaults to the corpus tokenizer of this project (uniter_core.data.tokenizer)."""
+    dataset = ImageTextDataset(corpus_dir, split, max_text_len, max_regions)
+    store = dataset.store
+    tokenizer = tokenizer or load_tokenizer()
+    uniter = getattr(model, "uniter", model).eval()
+    if device is not None:
+        uniter.to(device)
+    total = len(dataset) if max_examples is None else min(len(dataset), max_examples)
+    with tqdm(total=total, desc=f"attention {split}", unit="ex", disable=not progress) as bar:
+        for start in range(0, total, batch_size):
+            indices = range(start, min(start + batch_size, total))
+            items = [dataset[i] for i in indices]
+            maps = batch_maps(uniter, collate(items))
+            for index, item, example_maps in zip(indices, items, maps):
+                layout = ExampleLayout(
+                    example=index, text_id=str(item["text_id"]), image_id=str(item["image_id"]),
+                    tokens=_tokens(tokenizer, item["input_ids"].tolist()),
+                    region_classes=tuple(region_class_names(item["soft_labels"].numpy(), store.class_names,
+                                                            store.background_class)),
+                    region_boxes=item["norm_bb"][:, :4].numpy().astype(np.float32))
+                yield ExampleAttention(layout, example_maps)
+            bar.update(len(items))
+
+
+def iter_attention_maps(model, corpus_dir: str | Path, split: str, **kwargs) -> Iterator[AttentionMap]:
+    """One AttentionMap per (example, layer, head); arguments as iter_example_attention."""
+    for example in iter_example_attention(model, corpus_dir, split, **kwargs):
+        yield from example.heads()

@@ -1,0 +1,141 @@
+"""The head-pattern classifier: gradient-boosted trees on the features of analyses.patterns.
+
+Kovaleva et al. trained a small CNN on ~400 hand-labelled maps; with no labelled set available, ours learns
+from synthetic maps (analyses.synthetic) plus, once it exists, part of a hand-labelled gold set. Trees on
+size-invariant features need no GPU, train in seconds and give calibrated-enough class probabilities.
+
+A saved classifier is two files: PATH (joblib pickle of the estimator) and PATH with suffix .json (metadata:
+feature version and names, classes, training-data hash and description, library versions). Loading refuses a
+classifier made for another FEATURE_VERSION, since its inputs would silently mean something else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits
+
+from analyses.patterns import FEATURE_NAMES, FEATURE_VERSION, PATTERNS, map_features
+from uniter_core.io import atomic_path, write_json
+
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "head_classifier.joblib"
+# One OpenMP thread: the problems are small, and on a busy machine spinning threads made a 4 s fit take 70 s.
+THREADS = 1
+
+
+class ClassifierError(ValueError):
+    """A saved classifier that is missing, unreadable or made for other features."""
+
+
+def metadata_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def data_hash(features: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 of the training matrix and labels: two classifiers with equal hashes saw the same data."""
+    h = hashlib.sha256(np.ascontiguousarray(features, np.float32).tobytes())
+    h.update("\n".join(map(str, labels)).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class HeadClassifier:
+    estimator: HistGradientBoostingClassifier
+    metadata: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata["classes"])
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """[N, len(classes)] probabilities, columns in `classes` order (PATTERNS order)."""
+        x = np.atleast_2d(np.asarray(features, np.float32))
+        if x.shape[1] != len(FEATURE_NAMES):
+            raise ValueError(f"expected {len(FEATURE_NAMES)} features per row, got {x.shape[1]}")
+        with threadpool_limits(THREADS, user_api="openmp"):
+            raw = self.estimator.predict_proba(x)
+        out = np.zeros((len(x), len(self.classes)), np.float32)
+        for j, name in enumerate(self.estimator.classes_):
+            out[:, self.classes.index(str(name))] = raw[:, j]
+        return out
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return np.array(self.classes)[self.predict_proba(features).argmax(1)]
+
+    def classify_maps(self, maps: np.ndarray, n_text: int, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels [K], probabilities [K, C]) of a stack [K, n, n] of maps sharing one layout."""
+        probs = self.predict_proba(map_features(maps, n_text, n_regions))
+        return np.array(self.classes)[probs.argmax(1)], probs
+
+    def save(self, path: str | Path) -> None:
+        """Write the estimator and its metadata, each atomically (estimator first: metadata marks completion)."""
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            joblib.dump(self.estimator, tmp, compress=3)
+        write_json(metadata_path(path), self.metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HeadClassifier":
+        path = Path(path)
+        meta_file = metadata_path(path)
+        if not path.is_file() or not meta_file.is_file():
+            raise ClassifierError(f"{path}: no saved classifier here (needs {path.name} and {meta_file.name}); "
+                                  f"train one with `python -m analyses.train_classifier --out {path}`")
+        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+        if metadata.get("feature_version") != FEATURE_VERSION or metadata.get("feature_names") != FEATURE_NAMES:
+            raise ClassifierError(f"{path}: trained on feature version {metadata.get('feature_version')}, but "
+                                  f"this code computes version {FEATURE_VERSION}; retrain with "
+                                  f"`python -m analyses.train_classifier --out {path}`")
+        if metadata.get("sklearn_version") != sklearn.__version__:
+            warnings.warn(f"{path} was saved with scikit-learn {metadata.get('sklearn_version')}, this is "
+                          f"{sklearn.__version__}; retrain if predictions look wrong")
+        try:
+            estimator = joblib.load(path)
+        except Exception as error:  # unpickling can fail in many ways; all mean "retrain"
+            raise ClassifierError(f"{path}: cannot be loaded ({type(error).__name__}: {error}); retrain with "
+                                  f"`python -m analyses.train_classifier --out {path}`") from None
+        return cls(estimator, metadata)
+
+
+def fit(features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None, seed: int = 0,
+        max_iter: int = 100, training: dict | None = None) -> HeadClassifier:
+    """Train on a feature matrix in FEATURE_NAMES order; `training` describes the data for the metadata."""
+    labels = np.asarray(labels).astype(str)
+    unknown = sorted(set(labels) - set(PATTERNS))
+    if unknown:
+        raise ValueError(f"unknown pattern labels {unknown} (known: {', '.join(PATTERNS)})")
+    estimator = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=0.1, max_leaf_nodes=31,
+                                               l2_regularization=1e-3, early_stopping=False, random_state=seed)
+    with threadpool_limits(THREADS, user_api="openmp"):
+        estimator.fit(np.asarray(features, np.float32), labels, sample_weight=sample_weight)
+    metadata = {
+        "feature_version": FEATURE_VERSION, "feature_names": FEATURE_NAMES, "classes": list(PATTERNS),
+        "estimator": f"HistGradientBoostingClassifier(max_iter={max_iter}, learning_rate=0.1, "
+                     f"max_leaf_nodes=31, random_state={seed})",
+        "data_hash": data_hash(features, labels), "n_train": int(len(labels)),
+        "train_class_counts": {c: int((labels == c).sum()) for c in PATTERNS},
+        "training": training or {}, "sklearn_version": sklearn.__version__, "numpy_version": np.__version__,
+        "python_version": sys.version.split()[0], "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return HeadClassifier(estimator, metadata)
+
+
+def load_classifier(path: str | Path | None = None) -> HeadClassifier:
+    """The classifier at `path`; with no path the default one, trained and saved on first use (about a minute)."""
+    if path is not None:
+        return HeadClassifier.load(path)
+    if not DEFAULT_MODEL.is_file() or not metadata_path(DEFAULT_MODEL).is_file():
+        from analyses import train_classifier
+
+        print(f"no classifier at {DEFAULT_MODEL}: training the default one first", file=sys.stderr)
+        train_classifier.main(["--out", str(DEFAULT_MODEL)])
+    return HeadClassifier.load(DEFAULT_MODEL)

@@ -1,0 +1,180 @@
+"""Attention-pattern statistics of a trained model: tables (CSV, Parquet, JSON) and paper-style figures.
+
+    python -m analyses.export_stats --run runs/<name> --split test --out stats/<name>/ [--max-examples N]
+    python -m analyses.export_stats --checkpoint uniter-base.pt --corpus DIR --split test --out stats/base/
+
+Every (example, layer, head) map of the split is classified into the six patterns (analyses.classifier) and
+measured (analyses.patterns.HEAD_STATS); maps are streamed and dropped, only the small per-map rows are kept.
+OUT gets, each file written atomically and columns.json last:
+    examples.{csv,parquet,json}   one row per (example, layer, head)
+    heads.{csv,parquet,json}      one row per (layer, head): pattern fractions, mean probabilities and stats
+    layers.{csv,parquet,json}     one row per layer, likewise
+    columns.json                  every column's dtype and meaning, the layout convention, the source
+    figures/pattern_fractions_per_layer.{png,pdf}   stacked bars
+    figures/dominant_pattern_grid.{png,pdf}         layer x head, most frequent pattern
+    figures/reversed_block_share_grid.{png,pdf}     layer x head, share of cross-modal (reversed-block) maps
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analyses import figures
+from analyses.attention import iter_example_attention, load_official_checkpoint, load_run
+from analyses.classifier import ClassifierError, load_classifier
+from analyses.patterns import FEATURE_VERSION, HEAD_STATS, PATTERNS, head_stats, map_features
+from uniter_core.io import atomic_path, write_json
+from uniter_core.train_config import ConfigError
+from uniter_core.train_state import CheckpointManager
+
+LAYOUT = ("Maps are rows = queries, columns = keys over one example's real positions, laid out [CLS] "
+          "word-pieces [SEP] regions: n_text counts [CLS] and [SEP], position n_text + k is region k. "
+          "Layers and heads are numbered from 0.")
+ID_COLUMNS = {"example": ("int64", "index of the example in the split (dataset order)"),
+              "text_id": ("string", "caption id in the corpus"), "image_id": ("string", "image id in the corpus"),
+              "layer": ("int64", "encoder layer, from 0"), "head": ("int64", "attention head, from 0"),
+              "n_text": ("int64", "text positions including [CLS] and [SEP]"),
+              "n_regions": ("int64", "region positions")}
+
+
+def example_rows(example, classifier) -> dict[str, np.ndarray]:
+    """The rows of one example's layers x heads maps, as columns."""
+    layers, heads, n, _ = example.maps.shape
+    lay = example.layout
+    maps = example.maps.reshape(layers * heads, n, n)
+    probs = classifier.predict_proba(map_features(maps, lay.n_text, lay.n_regions))
+    k = layers * heads
+    columns = {"example": np.full(k, lay.example), "text_id": np.full(k, lay.text_id, dtype=object),
+               "image_id": np.full(k, lay.image_id, dtype=object),
+               "layer": np.repeat(np.arange(layers), heads), "head": np.tile(np.arange(heads), layers),
+               "n_text": np.full(k, lay.n_text), "n_regions": np.full(k, lay.n_regions),
+               "pattern": np.array(classifier.classes, dtype=object)[probs.argmax(1)]}
+    columns.update({f"p_{c}": probs[:, j] for j, c in enumerate(classifier.classes)})
+    columns.update(head_stats(maps, lay.n_text, lay.n_regions))
+    return columns
+
+
+def per_map_table(examples, classifier) -> pd.DataFrame:
+    chunks = [example_rows(example, classifier) for example in examples]
+    if not chunks:
+        raise ValueError("the split holds no examples")
+    table = pd.DataFrame({name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]})
+    for name, (dtype, _) in ID_COLUMNS.items():
+        table[name] = table[name].astype("int64" if dtype == "int64" else str)
+    table["pattern"] = table["pattern"].astype(str)
+    prob_stats = [f"p_{c}" for c in PATTERNS] + list(HEAD_STATS)
+    table[prob_stats] = table[prob_stats].astype("float64")
+    return table
+
+
+def aggregate(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Pattern fractions, mean probabilities and mean statistics per group; dominant = most frequent pattern."""
+    groups = table.groupby(keys, sort=True)
+    out = groups.size().rename("n_maps").to_frame()
+    fractions = pd.crosstab([table[k] for k in keys], table["pattern"], normalize="index")
+    for c in PATTERNS:
+        out[f"frac_{c}"] = fractions[c] if c in fractions else 0.0
+    out["dominant_pattern"] = out[[f"frac_{c}" for c in PATTERNS]].to_numpy().argmax(1)
+    out["dominant_pattern"] = [PATTERNS[i] for i in out["dominant_pattern"]]
+    means = groups[[f"p_{c}" for c in PATTERNS] + list(HEAD_STATS)].mean()
+    out = out.join(means.rename(columns=lambda c: f"mean_{c}"))
+    out = out.reset_index()
+    out["n_maps"] = out["n_maps"].astype("int64")
+    return out
+
+
+def column_docs(table: pd.DataFrame) -> dict:
+    docs = {name: desc for name, (_, desc) in ID_COLUMNS.items()}
+    docs["pattern"] = "predicted pattern (argmax of the p_ columns)"
+    docs["n_maps"] = "maps in the group (examples x heads for a layer, examples for a head)"
+    docs["dominant_pattern"] = "pattern with the largest frac_ in the group"
+    for c in PATTERNS:
+        docs[f"p_{c}"] = f"classifier probability of {c}"
+        docs[f"frac_{c}"] = f"share of the group's maps predicted {c}"
+        docs[f"mean_p_{c}"] = f"mean classifier probability of {c}"
+    for name, desc in HEAD_STATS.items():
+        docs[name] = desc
+        docs[f"mean_{name}"] = f"mean over the group of: {desc}"
+    return {"rows": int(len(table)),
+            "columns": {c: {"dtype": str(table[c].dtype), "description": docs[c]} for c in table.columns}}
+
+
+def write_table(table: pd.DataFrame, out: Path, name: str) -> None:
+    with atomic_path(out / f"{name}.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out / f"{name}.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(out / f"{name}.json") as tmp:
+        table.to_json(tmp, orient="records", indent=1)
+
+
+def export(examples, classifier, out: Path, source: dict) -> dict[str, pd.DataFrame]:
+    """Classify and measure every map of `examples` (ExampleAttention), write tables, figures and sidecar."""
+    table = per_map_table(examples, classifier)
+    tables = {"examples": table, "heads": aggregate(table, ["layer", "head"]), "layers": aggregate(table, ["layer"])}
+    for name, t in tables.items():
+        write_table(t, out, name)
+    figures.write_all(tables["layers"], tables["heads"], out / "figures")
+    write_json(out / "columns.json", {
+        "layout": LAYOUT, "patterns": list(PATTERNS), "feature_version": FEATURE_VERSION,
+        "source": source, "tables": {name: column_docs(t) for name, t in tables.items()}})
+    return tables
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="run folder written by uniter_core.train")
+    src.add_argument("--checkpoint", type=Path, help="official UNITER .pt checkpoint (needs --corpus)")
+    p.add_argument("--corpus", type=Path, help="corpus folder (default: the run's data.corpus)")
+    p.add_argument("--preset", default="uniter-base", help="model preset of --checkpoint")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--model", type=Path, default=None, help="pattern classifier (default: the built-in one)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.checkpoint and not args.corpus:
+        p.error("--checkpoint needs --corpus")
+    if args.max_examples is not None and args.max_examples < 1:
+        p.error("--max-examples must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.run:
+            model, corpus, config = load_run(args.run)
+            limits = {"max_text_len": config.data.max_text_len, "max_regions": config.data.max_regions}
+            source = {"run": str(args.run), "checkpoint": CheckpointManager(args.run).latest().name}
+        else:
+            model, corpus, _ = load_official_checkpoint(args.checkpoint, args.corpus, args.preset)
+            limits, source = {}, {"checkpoint": str(args.checkpoint), "preset": args.preset}
+        corpus = args.corpus or corpus
+        classifier = load_classifier(args.model)
+    except (FileNotFoundError, ValueError, ConfigError, ClassifierError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    source.update({"corpus": str(corpus), "split": args.split, "max_examples": args.max_examples,
+                   "classifier": str(args.model or "default"), "classifier_data_hash": classifier.metadata["data_hash"],
+                   "classifier_training": classifier.metadata.get("training", {}).get("description", "")})
+    examples = iter_example_attention(model, corpus, args.split, batch_size=args.batch_size,
+                                      max_examples=args.max_examples, device=args.device,
+                                      progress=not args.no_progress, **limits)
+    tables = export(examples, classifier, args.out, source)
+    layers = tables["layers"]
+    print(f"{args.out}: {len(tables['examples'])} maps ({tables['examples']['example'].nunique()} examples x "
+          f"{len(layers)} layers x {tables['examples']['head'].nunique()} heads)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Paper-style figures of the pattern statistics (matplotlib, Agg), each saved as PNG and PDF atomically.
+
+Colours are fixed per pattern so that every figure of every run reads the same way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from analyses.patterns import PATTERNS  # noqa: E402
+from uniter_core.io import atomic_path  # noqa: E402
+
+COLORS = {"vertical": "#4477AA", "diagonal": "#66CCEE", "vertical_diagonal": "#228833", "block": "#CCBB44",
+          "heterogeneous": "#BBBBBB", "reversed_block": "#EE6677"}
+SHORT = {"vertical": "V", "diagonal": "D", "vertical_diagonal": "V+D", "block": "B", "heterogeneous": "H",
+         "reversed_block": "RB"}
+STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "figure.dpi": 100,
+         "axes.spines.top": False, "axes.spines.right": False}
+
+
+def save(fig, folder: Path, name: str) -> None:
+    for fmt in ("png", "pdf"):
+        with atomic_path(folder / f"{name}.{fmt}") as tmp:
+            fig.savefig(tmp, format=fmt, dpi=200, bbox_inches="tight")
+    plt.close(fig)
+
+
+def pattern_fractions_per_layer(layers: pd.DataFrame):
+    """Stacked bars: for each layer, the share of its maps predicted as each pattern."""
+    fig, ax = plt.subplots(figsize=(max(3.2, 0.35 * len(layers) + 1.5), 2.4))
+    bottom = np.zeros(len(layers))
+    for c in PATTERNS:
+        values = layers[f"frac_{c}"].to_numpy()
+        ax.bar(layers["layer"], values, bottom=bottom, color=COLORS[c], label=c.replace("_", " "), width=0.8)
+        bottom += values
+    ax.set_xlabel("layer")
+    ax.set_ylabel("share of maps")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(layers["layer"])
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.set_title("Attention patterns per layer")
+    return fig
+
+
+def _grid(heads: pd.DataFrame, column: str) -> np.ndarray:
+    return heads.pivot(index="layer", columns="head", values=column).sort_index().to_numpy()
+
+
+def dominant_pattern_grid(heads: pd.DataFrame):
+    """Layer x head grid coloured by each head's most frequent pattern."""
+    codes = _grid(heads.assign(code=heads["dominant_pattern"].map(PATTERNS.index)), "code")
+    n_layers, n_heads = codes.shape
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.3 * n_heads + 1.8), max(2.0, 0.25 * n_layers + 0.8)))
+    ax.imshow(codes, cmap=ListedColormap([COLORS[c] for c in PATTERNS]), vmin=-0.5, vmax=len(PATTERNS) - 0.5,
+              aspect="auto", interpolation="nearest")
+    if n_layers * n_heads <= 400:
+        for (i, j), code in np.ndenumerate(codes):
+            ax.text(j, i, SHORT[PATTERNS[int(code)]], ha="center", va="center", fontsize=5)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(n_layers))
+    ax.legend(handles=[Patch(color=COLORS[c], label=f"{SHORT[c]}: {c.replace('_', ' ')}") for c in PATTERNS],
+              loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.set_title("Dominant pattern per head")
+    return fig
+
+
+def reversed_block_share_grid(heads: pd.DataFrame):
+    """Layer x head grid of the share of maps predicted reversed block (cross-modal attention)."""
+    share = _grid(heads, "frac_reversed_block")
+    n_layers, n_heads = share.shape
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.3 * n_heads + 1.8), max(2.0, 0.25 * n_layers + 0.8)))
+    image = ax.imshow(share, cmap="magma", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    if n_layers * n_heads <= 400:
+        for (i, j), v in np.ndenumerate(share):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=4.5, color="white" if v < 0.5 else "black")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(n_heads))
+    ax.set_yticks(range(n_layers))
+    fig.colorbar(image, ax=ax, label="reversed-block share")
+    ax.set_title("Cross-modal (reversed-block) share per head")
+    return fig
+
+
+def write_all(layers: pd.DataFrame, heads: pd.DataFrame, folder: Path) -> list[Path]:
+    """The three figures as PNG and PDF; returns the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    with plt.rc_context(STYLE):
+        for name, fig in (("pattern_fractions_per_layer", pattern_fractions_per_layer(layers)),
+                          ("dominant_pattern_grid", dominant_pattern_grid(heads)),
+                          ("reversed_block_share_grid", reversed_block_share_grid(heads))):
+            save(fig, folder, name)
+            made += [folder / f"{name}.png", folder / f"{name}.pdf"]
+    return made

@@ -1,0 +1,145 @@
+"""Size-invariant features of attention maps, and the per-head statistics of the exports.
+
+A map A [n, n] is one head on one example cropped to its real positions: rows are queries, columns keys,
+laid out `[CLS] w1 .. wk [SEP] r1 .. rm` with n_text = k + 2 (it counts [CLS] and [SEP]) and n_regions = m.
+Rows sum to 1. Every feature is either a mean over query rows of some mass, a normalised entropy, a size
+ratio, or an area-averaged thumbnail, so that one classifier serves texts of 5 to 60 tokens and 5 to 100
+regions alike. Bump FEATURE_VERSION whenever a feature's definition changes: saved classifiers record it and
+refuse features of another version.
+
+`map_features` works on a stack [K, n, n] of maps sharing one layout (all heads of all layers of one
+example), which is how extraction delivers them and what makes thousands of maps per second cheap.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy.special import entr
+
+FEATURE_VERSION = 1
+
+# The six classes of DESIGN.md section 5 (UNITER paper, after Kovaleva et al. 2019), in a fixed order.
+PATTERNS = ("vertical", "diagonal", "vertical_diagonal", "block", "heterogeneous", "reversed_block")
+
+THUMB = 8  # thumbnail side per quadrant
+QUADRANTS = ("tt", "tr", "rt", "rr")  # (query block, key block): t = text incl. [CLS]/[SEP], r = regions
+
+SCALAR_FEATURES = {
+    "tt": "text->text: mean over text query rows of the row mass on text keys ([CLS], word-pieces, [SEP])",
+    "tr": "text->region: mean over text query rows of the row mass on region keys",
+    "rt": "region->text: mean over region query rows of the row mass on text keys",
+    "rr": "region->region: mean over region query rows of the row mass on region keys",
+    "cls": "mean over all query rows of the mass on the [CLS] column",
+    "sep": "mean over all query rows of the mass on the [SEP] column",
+    "diag": "mean over all query rows of the mass on the band |i - j| <= 1 (the token and its neighbours)",
+    "diag_text": "as diag, over text query rows only",
+    "diag_region": "as diag, over region query rows only (a region, or its neighbours in the detector's order)",
+    "entropy": "mean row entropy divided by log(n): 0 = every row on one key, 1 = every row uniform",
+    "max_col": "mean attention received by the most-attended key: max over keys of the column's row mean",
+    "text_share": "n_text / n, the share of positions that are text (what a uniform map's tt/rt would be)",
+}
+THUMB_FEATURES = [f"{q}_{a}{b}" for q in QUADRANTS for a in range(THUMB) for b in range(THUMB)]
+FEATURE_NAMES = list(SCALAR_FEATURES) + THUMB_FEATURES
+FEATURE_DOC = ("Thumbnails {q}_{a}{b}: quadrant q resampled to 8x8 by area: cell (a, b) is the mean over the "
+               "query rows falling in row bin a of the mass on the keys falling in column bin b (fractional "
+               "overlaps weighted), so a thumbnail row sums to the quadrant's row mass whatever its size.")
+
+HEAD_STATS = {
+    "entropy": SCALAR_FEATURES["entropy"],
+    "cls_mass": SCALAR_FEATURES["cls"],
+    "sep_mass": SCALAR_FEATURES["sep"],
+    "diag_mass": SCALAR_FEATURES["diag"],
+    "tt": SCALAR_FEATURES["tt"], "tr": SCALAR_FEATURES["tr"],
+    "rt": SCALAR_FEATURES["rt"], "rr": SCALAR_FEATURES["rr"],
+    "max_col": SCALAR_FEATURES["max_col"],
+    "mi_text": "modality importance (Cao et al. 2020): share of [CLS]'s attention row on text keys",
+    "mi_region": "modality importance (Cao et al. 2020): share of [CLS]'s attention row on region keys",
+}
+
+
+def check_layout(n: int, n_text: int, n_regions: int) -> None:
+    """The layout every feature assumes: [CLS] and [SEP] present, at least one region, nothing else."""
+    if n_text < 2:
+        raise ValueError(f"n_text {n_text} < 2: the text part counts [CLS] and [SEP]")
+    if n_regions < 1:
+        raise ValueError(f"n_regions {n_regions} < 1: a map needs at least one region")
+    if n_text + n_regions != n:
+        raise ValueError(f"n_text {n_text} + n_regions {n_regions} != map size {n}")
+
+
+@functools.lru_cache(maxsize=512)
+def _bins(m: int, k: int = THUMB) -> tuple[np.ndarray, np.ndarray]:
+    """(average, share) matrices [k, m] mapping m cells onto k equal bins by overlap.
+
+    average rows sum to 1 (mean of the cells in a bin); share columns sum to 1 (a cell's mass split
+    among the bins it overlaps), so rows are averaged and keys summed.
+    """
+    edges = np.arange(m + 1) * (k / m)
+    start = np.arange(k)[:, None]
+    overlap = np.clip(np.minimum(edges[1:][None, :], start + 1) - np.maximum(edges[:-1][None, :], start), 0, None)
+    average = overlap / overlap.sum(1, keepdims=True)
+    share = overlap / overlap.sum(0, keepdims=True)
+    return average.astype(np.float32), share.astype(np.float32)
+
+
+def thumbnail(block: np.ndarray) -> np.ndarray:
+    """[K, r, c] quadrant -> [K, THUMB, THUMB]: rows averaged, keys summed into bins."""
+    rows, _ = _bins(block.shape[1])
+    _, cols = _bins(block.shape[2])
+    return np.einsum("ar,krc,bc->kab", rows, block, cols, optimize=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _band(n: int) -> np.ndarray:
+    idx = np.arange(n)
+    return (np.abs(idx[:, None] - idx[None, :]) <= 1).astype(np.float32)
+
+
+def scalar_features(maps: np.ndarray, n_text: int, n_regions: int) -> dict[str, np.ndarray]:
+    """The SCALAR_FEATURES (plus mi_text / mi_region) of a stack [K, n, n] of maps, each as a [K] array."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim == 2:
+        maps = maps[None]
+    k, n, _ = maps.shape
+    check_layout(n, n_text, n_regions)
+    t = n_text
+    text_mass = maps[:, :, :t].sum(-1)  # [K, n] per query row
+    region_mass = maps[:, :, t:].sum(-1)
+    band = (maps * _band(n)).sum(-1)
+    return {
+        "tt": text_mass[:, :t].mean(1), "tr": region_mass[:, :t].mean(1),
+        "rt": text_mass[:, t:].mean(1), "rr": region_mass[:, t:].mean(1),
+        "cls": maps[:, :, 0].mean(1), "sep": maps[:, :, t - 1].mean(1),
+        "diag": band.mean(1), "diag_text": band[:, :t].mean(1), "diag_region": band[:, t:].mean(1),
+        "entropy": entr(maps).sum(-1).mean(1) / np.log(n),
+        "max_col": maps.mean(1).max(-1),
+        "text_share": np.full(k, t / n, dtype=np.float32),
+        "mi_text": maps[:, 0, :t].sum(-1), "mi_region": maps[:, 0, t:].sum(-1),
+    }
+
+
+def map_features(maps: np.ndarray, n_text: int, n_regions: int) -> np.ndarray:
+    """Feature matrix [K, len(FEATURE_NAMES)] (float32) of a stack [K, n, n] (or one [n, n]) of maps."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim == 2:
+        maps = maps[None]
+    scalars = scalar_features(maps, n_text, n_regions)
+    t = n_text
+    thumbs = [thumbnail(maps[:, :t, :t]), thumbnail(maps[:, :t, t:]),
+              thumbnail(maps[:, t:, :t]), thumbnail(maps[:, t:, t:])]
+    columns = [scalars[name][:, None] for name in SCALAR_FEATURES] + [q.reshape(len(maps), -1) for q in thumbs]
+    return np.concatenate(columns, axis=1).astype(np.float32)
+
+
+def features(attention_map: np.ndarray, n_text: int, n_regions: int) -> np.ndarray:
+    """Feature vector [len(FEATURE_NAMES)] of one map."""
+    return map_features(attention_map, n_text, n_regions)[0]
+
+
+def head_stats(maps: np.ndarray, n_text: int, n_regions: int) -> dict[str, np.ndarray]:
+    """The HEAD_STATS of a stack [K, n, n] of maps (one [K] array each), for the statistics exports."""
+    s = scalar_features(maps, n_text, n_regions)
+    return {"entropy": s["entropy"], "cls_mass": s["cls"], "sep_mass": s["sep"], "diag_mass": s["diag"],
+            "tt": s["tt"], "tr": s["tr"], "rt": s["rt"], "rr": s["rr"], "max_col": s["max_col"],
+            "mi_text": s["mi_text"], "mi_region": s["mi_region"]}

@@ -1,0 +1,183 @@
+"""Train the head-pattern classifier and write its evaluation report beside it.
+
+    python -m analyses.train_classifier [--gold-dir analyses/gold] [--out analyses/models/head_classifier.joblib]
+
+Training data: synthetic maps (analyses.synthetic), plus the training part of the gold set when one exists.
+Evaluation: the held-out part of the gold set; without a gold set, a held-out synthetic stream (another seed),
+which the report says plainly: such numbers show the classifier learned the generator, not that it is right
+on real heads. The rule baseline (analyses.rules) is scored on the same maps. Writes OUT, OUT's .json
+metadata, and OUT with suffixes .eval.json / .eval.md.
+
+Gold set (made by hand from a trained model; see analyses/README.md): GOLD/maps.npz in the analyses.mapfile
+format and GOLD/labels.csv with columns index,label (more columns, e.g. run, example, layer, head, labeller,
+note, are kept but unused); label is one of the six patterns, or "skip" for maps left out.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.model_selection import train_test_split
+
+from analyses.classifier import DEFAULT_MODEL, fit
+from analyses.mapfile import MapFileError, read_maps
+from analyses.patterns import PATTERNS, map_features
+from analyses.rules import rule_predict
+from analyses.synthetic import synthetic_features
+from uniter_core.io import write_json, write_text
+
+DEFAULT_GOLD = Path(__file__).resolve().parent / "gold"
+SYNTHETIC_TEST_SEED_OFFSET = 1000  # the held-out synthetic stream never overlaps the training one
+
+
+def shown(path: Path) -> str:
+    """A path as the report shows it: relative to the working directory when inside it (no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load_gold(gold_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(features [N, F], labels [N]) of the labelled gold maps, or None when the folder holds no gold set."""
+    maps_file, labels_file = gold_dir / "maps.npz", gold_dir / "labels.csv"
+    if not maps_file.exists() and not labels_file.exists():
+        return None
+    for f in (maps_file, labels_file):
+        if not f.exists():
+            raise MapFileError(f"{f}: missing (a gold set needs both maps.npz and labels.csv)")
+    records = {r.index: r for r in read_maps(maps_file)}
+    table = pd.read_csv(labels_file)
+    if not {"index", "label"} <= set(table.columns):
+        raise MapFileError(f"{labels_file}: needs columns index,label (has {', '.join(table.columns)})")
+    table = table[table["label"] != "skip"]
+    bad = sorted(set(table["label"]) - set(PATTERNS))
+    if bad:
+        raise MapFileError(f"{labels_file}: unknown label {bad[0]!r} (known: {', '.join(PATTERNS)}, skip)")
+    missing = sorted(set(table["index"]) - set(records))
+    if missing:
+        raise MapFileError(f"{labels_file}: index {missing[0]} has no map_{missing[0]} in {maps_file}")
+    x = [map_features(records[i].map, records[i].n_text, records[i].n_regions)[0] for i in table["index"]]
+    return np.stack(x), table["label"].to_numpy(str)
+
+
+def scores(truth: np.ndarray, predicted: np.ndarray) -> dict:
+    """Per-class precision/recall/F1/support, macro-F1, accuracy and confusion (rows true, columns predicted)."""
+    p, r, f, s = precision_recall_fscore_support(truth, predicted, labels=list(PATTERNS), zero_division=0)
+    return {"per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                              "support": int(s[i])} for i, c in enumerate(PATTERNS)},
+            "macro_f1": float(np.mean(f[s > 0])) if (s > 0).any() else 0.0,
+            "accuracy": float(np.mean(np.asarray(truth) == np.asarray(predicted))),
+            "confusion": confusion_matrix(truth, predicted, labels=list(PATTERNS)).tolist()}
+
+
+def evaluate(classifier, x: np.ndarray, y: np.ndarray, description: str) -> dict:
+    return {"description": description, "n": int(len(y)),
+            "classifier": scores(y, classifier.predict(x)), "rules": scores(y, rule_predict(x))}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Head-pattern classifier: evaluation", "", f"Model: `{report['model']}`  ",
+             f"Training: {report['training']['description']}", ""]
+    if report["note"]:
+        lines += [f"**{report['note']}**", ""]
+    for ev in report["evaluations"]:
+        c, r = ev["classifier"], ev["rules"]
+        lines += [f"## {ev['description']} ({ev['n']} maps)", "",
+                  "| class | support | classifier P | R | F1 | rules P | R | F1 |", "|---|---|---|---|---|---|---|---|"]
+        for name in PATTERNS:
+            a, b = c["per_class"][name], r["per_class"][name]
+            lines.append(f"| {name} | {a['support']} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} | "
+                         f"{b['precision']:.3f} | {b['recall']:.3f} | {b['f1']:.3f} |")
+        lines += [f"| **macro-F1** | | | | **{c['macro_f1']:.3f}** | | | **{r['macro_f1']:.3f}** |",
+                  f"| accuracy | | | | {c['accuracy']:.3f} | | | {r['accuracy']:.3f} |", ""]
+        for who, m in (("classifier", c), ("rules", r)):
+            lines += [f"Confusion, {who} (rows true, columns predicted):", "",
+                      "| true \\ predicted | " + " | ".join(PATTERNS) + " |", "|---" * (len(PATTERNS) + 1) + "|"]
+            lines += [f"| {name} | " + " | ".join(str(v) for v in row) + " |"
+                      for name, row in zip(PATTERNS, m["confusion"])]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gold-dir", type=Path, default=DEFAULT_GOLD)
+    p.add_argument("--out", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--n-synthetic", type=int, default=6000, help="synthetic training maps (default 6000)")
+    p.add_argument("--n-test", type=int, default=1800, help="held-out synthetic maps (default 1800)")
+    p.add_argument("--gold-test-fraction", type=float, default=0.5,
+                   help="share of the gold set held out for evaluation (1: train on synthetic maps only)")
+    p.add_argument("--gold-weight", type=float, default=5.0, help="sample weight of a gold map in training")
+    p.add_argument("--max-iter", type=int, default=100, help="boosting iterations")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.gold_dir, args.out = Path(shown(args.gold_dir)), Path(shown(args.out))
+    if not 0 < args.gold_test_fraction <= 1:
+        p.error("--gold-test-fraction must lie in (0, 1]")
+    if args.n_synthetic < 60 or args.n_test < 6:
+        p.error("--n-synthetic must be at least 60 and --n-test at least 6")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.time()
+    try:
+        gold = load_gold(args.gold_dir)
+    except MapFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    x, y = synthetic_features(args.n_synthetic, seed=args.seed)
+    weights = np.ones(len(y))
+    training = {"synthetic": {"n": args.n_synthetic, "seed": args.seed, "sharpness": "mixed"}}
+    description = f"{args.n_synthetic} synthetic maps (seed {args.seed}, sharp and diffuse)"
+    evaluations = []
+    if gold is not None:
+        gx, gy = gold
+        if args.gold_test_fraction < 1:
+            counts = pd.Series(gy).value_counts()
+            stratify = gy if counts.min() >= 2 else None
+            gx_train, gx_test, gy_train, gy_test = train_test_split(
+                gx, gy, test_size=args.gold_test_fraction, random_state=args.seed, stratify=stratify)
+            x, y = np.concatenate([x, gx_train]), np.concatenate([y, gy_train])
+            weights = np.concatenate([weights, np.full(len(gy_train), args.gold_weight)])
+            description += f" + {len(gy_train)} gold maps from {args.gold_dir} (weight {args.gold_weight})"
+        else:
+            gx_test, gy_test = gx, gy
+        training["gold"] = {"dir": str(args.gold_dir), "n_total": int(len(gy)), "n_train": int(len(gy) - len(gy_test)),
+                            "test_fraction": args.gold_test_fraction, "weight": args.gold_weight}
+    training["description"] = description
+    classifier = fit(x, y, sample_weight=weights, seed=args.seed, max_iter=args.max_iter, training=training)
+    if gold is not None:
+        evaluations.append(evaluate(classifier, gx_test, gy_test, f"held-out gold maps from {args.gold_dir}"))
+        note = ""
+    else:
+        note = (f"No gold set at {args.gold_dir}: trained on synthetic maps only and evaluated on a held-out "
+                f"synthetic split. These numbers show how well the classifier learned the generator, not how "
+                f"well it labels real attention heads.")
+    test_seed = args.seed + SYNTHETIC_TEST_SEED_OFFSET
+    for sharpness, n in (("mixed", args.n_test), ("sharp", max(6, args.n_test // 3))):
+        tx, ty = synthetic_features(n, seed=test_seed, sharpness=sharpness)
+        evaluations.append(evaluate(classifier, tx, ty, f"held-out synthetic maps, {sharpness} (seed {test_seed})"))
+    classifier.save(args.out)
+    report = {"model": str(args.out), "metadata": classifier.metadata, "training": training, "note": note,
+              "classes": list(PATTERNS), "evaluations": evaluations, "seconds": round(time.time() - start, 1)}
+    write_json(args.out.with_suffix(".eval.json"), report)
+    write_text(args.out.with_suffix(".eval.md"), markdown(report) + "\n")
+    main_eval = evaluations[0]
+    print(f"{args.out}: macro-F1 {main_eval['classifier']['macro_f1']:.3f} (rules "
+          f"{main_eval['rules']['macro_f1']:.3f}) on {main_eval['description']}; report in "
+          f"{args.out.with_suffix('.eval.md')}")
+    if note:
+        print(note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

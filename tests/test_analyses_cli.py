@@ -1,0 +1,197 @@
+"""Command-line tools: classify_maps (good and bad files), train_classifier (with and without gold), export_stats."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analyses import classify_maps, export_stats, train_classifier
+from analyses.attention import load_run
+from analyses.classifier import fit
+from analyses.mapfile import MapRecord, read_maps, write_maps
+from analyses.patterns import HEAD_STATS, PATTERNS
+from analyses.synthetic import generate, synthetic_features
+from uniter_core.config import UniterConfig
+from uniter_core.io import write_json
+from uniter_core.pretrain import UniterForPretraining
+from uniter_core.train_config import TrainConfig
+from uniter_core.train_state import CheckpointManager
+
+
+def run(module, argv, capsys):
+    try:
+        code = module.main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    x, y = synthetic_features(600, seed=0)
+    path = tmp_path_factory.mktemp("clf") / "clf.joblib"
+    fit(x, y, max_iter=30).save(path)
+    return path
+
+
+def sharp_records(n=12, seed=9):
+    maps = list(generate(n, seed=seed, sharpness="sharp"))
+    return [MapRecord(i, m.map, m.n_text, m.n_regions) for i, m in enumerate(maps)], [m.label for m in maps]
+
+
+def test_classify_maps_good_file(tmp_path, model_path, capsys):
+    records, labels = sharp_records()
+    write_maps(tmp_path / "maps.npz", records)
+    code, _ = run(classify_maps, ["--maps", tmp_path / "maps.npz", "--out", tmp_path / "out.csv",
+                                  "--model", model_path], capsys)
+    assert code == 0
+    table = pd.read_csv(tmp_path / "out.csv")
+    assert list(table.columns) == ["index", "label"] + [f"p_{c}" for c in PATTERNS]
+    assert list(table["index"]) == list(range(12))
+    np.testing.assert_allclose(table[[f"p_{c}" for c in PATTERNS]].sum(axis=1), 1, atol=1e-4)
+    assert (table["label"] == labels).mean() >= 0.9
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def bad_files(tmp):
+    eye = np.eye(6, dtype=np.float32)
+    ok = {"map_0": eye, "n_text_0": np.int64(3), "n_regions_0": np.int64(3)}
+    nan, neg = eye.copy(), eye.copy()
+    nan[1, 1] = np.nan
+    neg[2, 2], neg[2, 3] = -0.5, 1.5
+    (tmp / "text.npz").write_text("hello")
+    np.save(tmp / "single.npy", eye)
+    return {
+        "missing": (tmp / "nosuch.npz", "no such file"),
+        "not npz": (tmp / "text.npz", "not a readable .npz"),
+        "npy": (tmp / "single.npy", "not an .npz archive"),
+        "missing key": (_npz(tmp / "nokey.npz", map_0=eye, n_text_0=np.int64(3)), "n_regions_0 is missing"),
+        "no maps": (_npz(tmp / "empty.npz", other=eye), "unexpected array"),
+        "non-square": (_npz(tmp / "rect.npz", **{**ok, "map_0": np.ones((6, 5), np.float32) / 5}), "not a square"),
+        "sizes": (_npz(tmp / "sizes.npz", **{**ok, "n_text_0": np.int64(4)}), "n_text 4 + n_regions 3"),
+        "nan": (_npz(tmp / "nan.npz", **{**ok, "map_0": nan}), "NaN"),
+        "negative": (_npz(tmp / "neg.npz", **{**ok, "map_0": neg}), "negative"),
+        "rows": (_npz(tmp / "rows.npz", **{**ok, "map_0": eye * 2}), "sums to 2"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "not npz", "npy", "missing key", "no maps", "non-square", "sizes",
+                                  "nan", "negative", "rows"])
+def test_classify_maps_bad_files(case, tmp_path, model_path, capsys):
+    path, problem = bad_files(tmp_path)[case]
+    out = tmp_path / "out.csv"
+    code, captured = run(classify_maps, ["--maps", path, "--out", out, "--model", model_path], capsys)
+    assert code == 2
+    err = captured.err.strip()
+    assert err.startswith("error: ") and str(path) in err and problem in err and len(err.splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob(".out.csv*"))
+
+
+def test_classify_maps_bad_model(tmp_path, capsys):
+    records, _ = sharp_records(6)
+    write_maps(tmp_path / "maps.npz", records)
+    code, captured = run(classify_maps, ["--maps", tmp_path / "maps.npz", "--out", tmp_path / "o.csv",
+                                         "--model", tmp_path / "none.joblib"], capsys)
+    assert code == 2 and "no saved classifier" in captured.err and not (tmp_path / "o.csv").exists()
+
+
+def test_train_classifier_synthetic_only_and_with_gold(tmp_path, capsys):
+    small = ["--n-synthetic", 120, "--n-test", 30, "--max-iter", 10]
+    out = tmp_path / "m" / "clf.joblib"
+    code, captured = run(train_classifier, ["--gold-dir", tmp_path / "nogold", "--out", out, *small], capsys)
+    assert code == 0 and "No gold set" in captured.out
+    report = json.loads(out.with_suffix(".eval.json").read_text())
+    assert report["note"].startswith("No gold set") and "synthetic" in report["evaluations"][0]["description"]
+    ev = report["evaluations"][0]
+    assert set(ev["classifier"]["per_class"]) == set(PATTERNS) and len(ev["rules"]["confusion"]) == 6
+    assert "macro-F1" in out.with_suffix(".eval.md").read_text() and out.with_suffix(".json").exists()
+
+    gold = tmp_path / "gold"
+    records, labels = sharp_records(24, seed=4)
+    write_maps(gold / "maps.npz", records)
+    pd.DataFrame({"index": range(24), "label": labels, "labeller": "test"}).to_csv(gold / "labels.csv", index=False)
+    code, captured = run(train_classifier, ["--gold-dir", gold, "--out", out, *small], capsys)
+    assert code == 0
+    report = json.loads(out.with_suffix(".eval.json").read_text())
+    assert report["note"] == "" and "gold" in report["evaluations"][0]["description"]
+    assert report["evaluations"][0]["n"] == 12 and report["training"]["gold"]["n_train"] == 12
+    assert report["metadata"]["n_train"] == 132
+
+    pd.DataFrame({"index": [0], "label": ["diagonalish"]}).to_csv(gold / "labels.csv", index=False)
+    code, captured = run(train_classifier, ["--gold-dir", gold, "--out", out, *small], capsys)
+    assert code == 2 and "unknown label 'diagonalish'" in captured.err
+
+
+# ------------------------------------------------------------------------------------------- export_stats
+@pytest.fixture(scope="module")
+def tiny_run(tiny_corpus, tmp_path_factory):
+    """A run folder as uniter_core.train leaves it, holding a tiny random model."""
+    torch.manual_seed(0)
+    overrides = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    model = UniterForPretraining(UniterConfig.from_preset("uniter-mini", **overrides))
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    CheckpointManager(run_dir).save(1, model, optimizer, scheduler, extra={})
+    config = TrainConfig()
+    config.data.corpus = str(tiny_corpus)
+    config.model.overrides = overrides
+    write_json(run_dir / "train_config.json", config.to_dict())
+    return run_dir
+
+
+def test_load_run(tiny_run, tiny_corpus):
+    model, corpus, config = load_run(tiny_run)
+    assert corpus == tiny_corpus and model.config.num_hidden_layers == 2 and config.data.max_regions == 100
+    with pytest.raises(FileNotFoundError, match="not a finished run"):
+        load_run(tiny_run.parent / "nothing")
+
+
+def test_export_stats_schemas(tiny_run, model_path, tmp_path, capsys):
+    out = tmp_path / "stats"
+    code, captured = run(export_stats, ["--run", tiny_run, "--split", "test", "--out", out, "--max-examples", 5,
+                                        "--batch-size", 2, "--model", model_path, "--no-progress"], capsys)
+    assert code == 0, captured.err
+    sidecar = json.loads((out / "columns.json").read_text())
+    assert "[CLS]" in sidecar["layout"] and sidecar["source"]["split"] == "test"
+    expected_rows = {"examples": 5 * 2 * 4, "heads": 2 * 4, "layers": 2}
+    for name, rows in expected_rows.items():
+        parquet = pd.read_parquet(out / f"{name}.parquet")
+        csv = pd.read_csv(out / f"{name}.csv")
+        records = json.loads((out / f"{name}.json").read_text())
+        assert len(parquet) == len(csv) == len(records) == rows
+        columns = list(sidecar["tables"][name]["columns"])
+        assert list(parquet.columns) == list(csv.columns) == list(records[0]) == columns
+        assert sidecar["tables"][name]["rows"] == rows
+    examples = pd.read_parquet(out / "examples.parquet")
+    for col in ("example", "layer", "head", "n_text", "n_regions"):
+        assert examples[col].dtype == np.int64
+    for col in [f"p_{c}" for c in PATTERNS] + list(HEAD_STATS):
+        assert examples[col].dtype == np.float64
+    assert set(examples["pattern"]) <= set(PATTERNS) and sorted(examples["example"].unique()) == list(range(5))
+    np.testing.assert_allclose(examples["mi_text"] + examples["mi_region"], 1, atol=1e-5)
+    np.testing.assert_allclose(examples["tt"] + examples["tr"], 1, atol=1e-5)
+    heads = pd.read_parquet(out / "heads.parquet")
+    np.testing.assert_allclose(heads[[f"frac_{c}" for c in PATTERNS]].sum(axis=1), 1)
+    assert set(heads["dominant_pattern"]) <= set(PATTERNS) and (heads["n_maps"] == 5).all()
+    for fig in ("pattern_fractions_per_layer", "dominant_pattern_grid", "reversed_block_share_grid"):
+        for fmt in ("png", "pdf"):
+            assert (out / "figures" / f"{fig}.{fmt}").stat().st_size > 1000
+
+
+def test_export_stats_reports_a_bad_run(tmp_path, capsys):
+    code, captured = run(export_stats, ["--run", tmp_path / "nope", "--out", tmp_path / "s"], capsys)
+    assert code == 2 and "not a finished run folder" in captured.err and not (tmp_path / "s").exists()
+
+
+def test_gold_format_round_trip(tmp_path):
+    records, _ = sharp_records(3)
+    write_maps(tmp_path / "maps.npz", records)
+    back = read_maps(tmp_path / "maps.npz")
+    assert [(r.index, r.n_text, r.n_regions) for r in back] == [(r.index, r.n_text, r.n_regions) for r in records]
+    np.testing.assert_array_equal(back[1].map, records[1].map)
