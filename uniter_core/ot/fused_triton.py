@@ -16,6 +16,8 @@ interpreted); otherwise a CPU call raises a RuntimeError saying so.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -31,7 +33,7 @@ MIN_BLOCK = 16
 @triton.jit
 def _ipot_kernel(cost_ptr, txt_pad_ptr, img_pad_ptr, plan_ptr, params_ptr,
                  n_txt, n_img, iteration, k_inner,
-                 stride_cb, stride_ct, stride_ck, stride_tb, stride_ib, stride_pb, stride_pt,
+                 stride_cb, stride_ct, stride_ck, stride_tb, stride_tt, stride_ib, stride_ik, stride_pb, stride_pt,
                  BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, USE_FP64: tl.constexpr, TINY: tl.constexpr):
     """One IPOT problem per program; plan [T, K] text-major, contiguous in K."""
     pid = tl.program_id(0).to(tl.int64)
@@ -39,8 +41,8 @@ def _ipot_kernel(cost_ptr, txt_pad_ptr, img_pad_ptr, plan_ptr, params_ptr,
     offs_k = tl.arange(0, BLOCK_K)
     in_t = offs_t < n_txt
     in_k = offs_k < n_img
-    txt_pad = tl.load(txt_pad_ptr + pid * stride_tb + offs_t, mask=in_t, other=1)
-    img_pad = tl.load(img_pad_ptr + pid * stride_ib + offs_k, mask=in_k, other=1)
+    txt_pad = tl.load(txt_pad_ptr + pid * stride_tb + offs_t * stride_tt, mask=in_t, other=1)
+    img_pad = tl.load(img_pad_ptr + pid * stride_ib + offs_k * stride_ik, mask=in_k, other=1)
     real_t = in_t & (txt_pad == 0)
     real_k = in_k & (img_pad == 0)
     len_t = tl.sum(real_t.to(tl.int32), axis=0)
@@ -95,20 +97,52 @@ def fits_on_chip(n_txt: int, n_img: int) -> bool:
     return _block(n_txt) * _block(n_img) <= MAX_TILE_ELEMENTS
 
 
+def compile_cuda(n_txt: int, n_img: int, dtype: torch.dtype = torch.float32, arch: int = 90):
+    """Compile the kernel ahead of time for an NVIDIA GPU of compute capability `arch` (90 = H100),
+    without needing one: catches compile errors the interpreter cannot see, and its .asm holds the
+    PTX and cubin for inspecting registers and spills."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    compute = compute_dtype(dtype)
+    pointer = {torch.float32: "*fp32", torch.float64: "*fp64", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+    signature = {name: "i32" for name in _ipot_kernel.arg_names}
+    signature.update(cost_ptr=pointer[dtype], txt_pad_ptr="*i1", img_pad_ptr="*i1", plan_ptr=pointer[compute],
+                     params_ptr=pointer[compute], BLOCK_T="constexpr", BLOCK_K="constexpr", USE_FP64="constexpr",
+                     TINY="constexpr")
+    block_t, block_k = _block(n_txt), _block(n_img)
+    constants = {"BLOCK_T": block_t, "BLOCK_K": block_k, "USE_FP64": compute == torch.float64,
+                 "TINY": torch.finfo(compute).tiny}
+    return triton.compile(ASTSource(fn=_ipot_kernel, signature=signature, constexprs=constants),
+                          target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": _num_warps(block_t * block_k), "enable_fp_fusion": True})
+
+
+@functools.lru_cache(maxsize=64)
+def _params(beta: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[1 / beta, kernel range] on the device, in the compute dtype (a float argument would be fp32);
+    cached so that a call does no host-to-device copy."""
+    return torch.tensor([1.0 / beta, KERNEL_RANGE[dtype]], dtype=dtype, device=device)
+
+
 def _block(n: int) -> int:
     return max(MIN_BLOCK, triton.next_power_of_2(max(n, 1)))
 
 
 def _num_warps(tile_elements: int) -> int:
     """About 16 elements per thread and tile: kernel, plan and their product then stay in registers
-    (sm_90 ptxas: 78-98 registers, no spills, from 32x64 to 64x128; 128x256 spills a little)."""
+    (sm_90, Triton 3.9 / 3.7.1: 96-106 / 127-147 registers and no spills from 32x64 to 64x128 tiles,
+    64 at 128x128; 128x256 spills ~300 bytes). Untimed: tune with `bench --sweep-warps` on a GPU."""
     return min(32, max(4, tile_elements // 512))
 
 
 @torch.no_grad()
 def ipot_fused(cost: torch.Tensor, txt_pad: torch.Tensor | None = None, img_pad: torch.Tensor | None = None,
-               beta: float = 0.5, iteration: int = 50, k: int = 1) -> torch.Tensor:
-    """IPOT plan [B, T, K] from one kernel launch (float64 for float64 input, float32 otherwise)."""
+               beta: float = 0.5, iteration: int = 50, k: int = 1, num_warps: int | None = None) -> torch.Tensor:
+    """IPOT plan [B, T, K] from one kernel launch (float64 for float64 input, float32 otherwise).
+
+    num_warps overrides the heuristic (for tuning on a new GPU: `bench --device cuda --sweep-warps`).
+    """
     txt_pad, img_pad = check_problem(cost, txt_pad, img_pad, beta, iteration, k)
     dtype = compute_dtype(cost.dtype)
     batch, n_txt, n_img = cost.shape
@@ -124,15 +158,13 @@ def ipot_fused(cost: torch.Tensor, txt_pad: torch.Tensor | None = None, img_pad:
         raise ValueError(f"solver='fused' keeps a {block_t}x{block_k} tile on-chip, more than "
                          f"{MAX_TILE_ELEMENTS} elements; use solver='batched' for problems this large")
     cost = cost.detach()
-    txt_pad = txt_pad.to(torch.int8).contiguous()
-    img_pad = img_pad.to(torch.int8).contiguous()
-    params = torch.tensor([1.0 / beta, KERNEL_RANGE[dtype]], dtype=dtype, device=cost.device)
     _ipot_kernel[(batch,)](
-        cost, txt_pad, img_pad, plan, params,
+        cost, txt_pad, img_pad, plan, _params(beta, dtype, cost.device),
         n_txt, n_img, int(iteration), int(k),
-        cost.stride(0), cost.stride(1), cost.stride(2), txt_pad.stride(0), img_pad.stride(0),
-        plan.stride(0), plan.stride(1),
+        cost.stride(0), cost.stride(1), cost.stride(2), txt_pad.stride(0), txt_pad.stride(1),
+        img_pad.stride(0), img_pad.stride(1), plan.stride(0), plan.stride(1),
         BLOCK_T=block_t, BLOCK_K=block_k, USE_FP64=dtype == torch.float64,
-        TINY=torch.finfo(dtype).tiny, num_warps=_num_warps(block_t * block_k),
+        TINY=torch.finfo(dtype).tiny, num_warps=num_warps or _num_warps(block_t * block_k),
+        enable_fp_fusion=True,  # explicit: Triton 3.9 warns that its default will change
     )
     return plan

@@ -51,6 +51,3 @@ def _pad_mask(pad: torch.Tensor | None, shape: tuple[int, int], name: str, devic
         raise ValueError(f"{name} must have shape {list(shape)} to match the cost, got {list(pad.shape)}")
     return pad.to(device=device, dtype=torch.bool)
 
-
-def empty_plan_like(cost: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(cost.shape, dtype=compute_dtype(cost.dtype), device=cost.device)

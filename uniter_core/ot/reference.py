@@ -3,9 +3,10 @@
 This is the oracle the fast solvers are tested against, so it keeps the official arithmetic and
 masking on purpose, warts included: padded positions get 1e4 added to their denominators, and
 nothing guards against exp(-C/beta) underflowing. The official code stores the plan region-major
-([B, K, T]); here it is returned text-major ([B, T, K]) like every other solver. Costs whose spread
-exceeds about 700 * beta (float64) or 85 * beta (float32) underflow the kernel and give NaN here;
-the "batched" and "fused" solvers stay finite there.
+([B, K, T]); here it is returned text-major ([B, T, K]) like every other solver. A word whose costs
+all exceed about 700 * beta (float64) or 85 * beta (float32) underflows exp(-C / beta) to zeros and
+turns the plan into NaN here; the "batched" and "fused" solvers stay finite there. Cosine costs
+(at most 2) are far from that.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def ipot_reference(cost: torch.Tensor, txt_pad: torch.Tensor | None = None, img_
     """Eager IPOT plan [B, T, K] in float64 for float64 input, float32 otherwise.
 
     Uniform marginals 1/n over the non-padded words and regions; the text marginal comes out exact,
-    the region marginal approximately (k = 1 inner Sinkhorn step per outer iteration).
+    the region marginal approximately (k = 1 inner Sinkhorn step per outer iteration). k > 1 repeats
+    the two half-steps with Q fixed; the official code only runs k = 1 (its sigma changes shape).
     """
     txt_pad, img_pad = check_problem(cost, txt_pad, img_pad, beta, iteration, k)
     dtype = compute_dtype(cost.dtype)
