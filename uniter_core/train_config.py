@@ -73,7 +73,6 @@ class RunSection:
     keep_last: int = 3
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast, used on CUDA only
-    tensorboard: bool = False
     sync_check: bool = False  # distributed runs: log whether all ranks hold identical weights after each step
 
 
