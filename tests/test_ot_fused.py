@@ -3,7 +3,7 @@
 Triton only interprets when TRITON_INTERPRET=1 is set before it is first imported, which a pytest
 worker cannot promise (another test module may import triton first), so every check runs in a fresh
 subprocess with the variable set: `python -m uniter_core.ot.check --solver fused --device cpu`, the
-same command a GPU session runs with `--device cuda`. Seeds are fresh each run and printed on failure.
+same command a GPU machine runs with `--device cuda`. Seeds are fresh each run and printed on failure.
 """
 import json
 import os

@@ -1,4 +1,4 @@
-"""Correctness checks of an IPOT solver, shared by the tests and by GPU sessions.
+"""Correctness checks of an IPOT solver, shared by the tests and by runs on a GPU machine.
 
     python -m uniter_core.ot.check --device cuda              # the fused kernel on a GPU
     TRITON_INTERPRET=1 python -m uniter_core.ot.check --solver fused --device cpu
