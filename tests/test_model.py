@@ -180,3 +180,37 @@ def test_text_only_and_image_only_inputs():
     with pytest.raises(ValueError, match="gather_index"):
         model(batch["input_ids"], batch["position_ids"], batch["img_feat"], batch["img_pos_feat"],
               batch["attn_masks"])
+
+
+def test_unpadded_encoder_matches_the_padded_one_on_real_positions_and_gradients():
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = UniterModel(config).train()
+    batch = make_batch(config)
+    real = batch["attn_masks"].bool()
+    padded = model.forward_batch(batch).last_hidden_state
+    padded[real].pow(2).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.unpad_tokens = True
+    unpadded = model.forward_batch(batch).last_hidden_state
+    assert unpadded.shape == padded.shape
+    torch.testing.assert_close(unpadded[real], padded[real], atol=1e-5, rtol=1e-5)
+    assert unpadded[~real].abs().max() == 0  # padding rows come back as zeros
+    unpadded[real].pow(2).sum().backward()
+    for name, parameter in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(parameter.grad, grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_unpadded_switch_keeps_hooks_and_attentions_in_the_padded_layout():
+    config = tiny_config()
+    model = UniterModel(config).eval()
+    model.unpad_tokens = True
+    batch = make_batch(config)
+    b, n = batch["attn_masks"].shape
+    _, cache = model.run_with_cache(batch)
+    assert cache["encoder.layer.0.hook_out"].shape == (b, n, config.hidden_size)
+    assert model.unpad_tokens  # restored after the cached run
+    out = model.forward_batch(batch, output_attentions=True, output_hidden_states=True)
+    assert out.attentions[0].shape == (b, config.num_attention_heads, n, n)
+    assert all(h.shape == (b, n, config.hidden_size) for h in out.hidden_states)

@@ -144,3 +144,21 @@ def test_weight_decay_spares_biases_and_every_layer_norm():
     assert len(decay["params"]) + len(no_decay["params"]) == total  # tied weights counted once
     factor = linear_warmup_decay(10, 110)
     assert factor(0) == 0.1 and factor(9) == 1.0 and factor(60) == 0.5 and factor(110) == 0.0
+
+
+def test_unpadded_and_compiled_training_follow_the_plain_run(tiny_corpus, tmp_path):
+    """run.unpad (the default) and run.compile change speed, not the computation: without dropout, the per-step
+    losses of three short runs agree."""
+    common = [*tiny_overrides(tiny_corpus, steps=4, save_every=4), "tasks.mix={itm: 1, mlm: 1, mrfr: 1}",
+              "model.overrides={num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 4, "
+              "intermediate_size: 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"]
+    runs = {}
+    for name, switches in {"plain": ["run.unpad=false"], "unpadded": ["run.unpad=true"],
+                           "compiled": ["run.unpad=true", "run.compile=true"]}.items():
+        assert train.main(["--out", str(tmp_path / name), "--no-eval", *common, *switches]) == 0
+        runs[name] = losses(tmp_path / name)
+    assert len(runs["plain"]) == 4
+    for name in ("unpadded", "compiled"):
+        for step, (task, loss) in runs["plain"].items():
+            assert runs[name][step][0] == task
+            assert runs[name][step][1] == pytest.approx(loss, rel=1e-4, abs=1e-5), (name, step)

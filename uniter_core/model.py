@@ -110,6 +110,32 @@ class SequenceLayout:
         return out
 
 
+@dataclass(frozen=True)
+class PackedTokens:
+    """The real (non-padding) positions of a padded [B, L] batch, flattened: position-wise layers (the linear
+    maps, LayerNorm, GELU, dropout) then run on [n_real, hidden] rows only and skip the padding's work; only
+    attention needs the padded [B, L] view back. Real positions get exactly the padded path's values, because
+    padding never enters a real position's computation (it is masked out of attention)."""
+
+    index: torch.Tensor  # [n_real] indices into the flattened B * L positions
+    batch: int
+    seq_len: int
+
+    @classmethod
+    def from_mask(cls, attention_mask: torch.Tensor) -> "PackedTokens":
+        index = attention_mask.flatten().nonzero().squeeze(1)
+        return cls(index, attention_mask.size(0), attention_mask.size(1))
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, ...] -> [n_real, ...]"""
+        return x.flatten(0, 1).index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[n_real, ...] -> [B, L, ...] with zeros at the padding."""
+        out = x.new_zeros((self.batch * self.seq_len,) + x.shape[1:]).index_copy(0, self.index, x)
+        return out.view((self.batch, self.seq_len) + x.shape[1:])
+
+
 @dataclass
 class UniterOutput:
     last_hidden_state: torch.Tensor  # [B, L, hidden]
@@ -148,12 +174,14 @@ class UniterSelfAttention(BertSelfAttention):
         super().__init__(config)
         self.hook_pattern = HookPoint()
 
-    def forward(self, hidden_states, attention_mask, output_attentions: bool = False):
-        b, n, _ = hidden_states.shape
+    def forward(self, hidden_states, attention_mask, output_attentions: bool = False,
+                packed: PackedTokens | None = None):
+        q, k, v = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
+        if packed is not None:  # hidden_states are [n_real, hidden]: attention needs the padded view
+            q, k, v = packed.pad(q), packed.pad(k), packed.pad(v)
+        b, n, _ = q.shape
         shape = (b, n, self.num_attention_heads, self.attention_head_size)
-        q = self.query(hidden_states).view(shape).transpose(1, 2)
-        k = self.key(hidden_states).view(shape).transpose(1, 2)
-        v = self.value(hidden_states).view(shape).transpose(1, 2)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
         attention_mask = attention_mask.to(q.dtype)
         if output_attentions:
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling + attention_mask
@@ -163,7 +191,8 @@ class UniterSelfAttention(BertSelfAttention):
             probs = None
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling,
                                                      dropout_p=self.dropout.p if self.training else 0.0)
-        return context.transpose(1, 2).reshape(b, n, self.all_head_size), probs
+        context = context.transpose(1, 2).reshape(b, n, self.all_head_size)
+        return (packed.unpad(context) if packed is not None else context), probs
 
 
 class UniterAttention(nn.Module):
@@ -172,8 +201,8 @@ class UniterAttention(nn.Module):
         self.self = UniterSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden_states, attention_mask, output_attentions: bool = False):
-        context, probs = self.self(hidden_states, attention_mask, output_attentions)
+    def forward(self, hidden_states, attention_mask, output_attentions: bool = False, packed=None):
+        context, probs = self.self(hidden_states, attention_mask, output_attentions, packed)
         return self.output(context, hidden_states), probs
 
 
@@ -188,8 +217,8 @@ class UniterLayer(nn.Module):
         self.hook_attn_out = HookPoint()
         self.hook_out = HookPoint()
 
-    def forward(self, hidden_states, attention_mask, output_attentions: bool = False):
-        attention_output, probs = self.attention(hidden_states, attention_mask, output_attentions)
+    def forward(self, hidden_states, attention_mask, output_attentions: bool = False, packed=None):
+        attention_output, probs = self.attention(hidden_states, attention_mask, output_attentions, packed)
         attention_output = self.hook_attn_out(attention_output)
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return self.hook_out(layer_output), probs
@@ -200,11 +229,13 @@ class UniterEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([UniterLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, attention_mask, output_attentions=False, output_hidden_states=False):
+    def forward(self, hidden_states, attention_mask, output_attentions=False, output_hidden_states=False,
+                packed: PackedTokens | None = None):
+        """With `packed`, hidden_states are [n_real, hidden] rows (see PackedTokens) and stay so."""
         all_hidden = [hidden_states] if output_hidden_states else None
         all_attn = [] if output_attentions else None
         for layer in self.layer:
-            hidden_states, probs = layer(hidden_states, attention_mask, output_attentions)
+            hidden_states, probs = layer(hidden_states, attention_mask, output_attentions, packed)
             if output_hidden_states:
                 all_hidden.append(hidden_states)
             if output_attentions:
@@ -256,6 +287,9 @@ class UniterModel(UniterPreTrainedModel):
         self.encoder = UniterEncoder(config)
         self.pooler = BertPooler(config)
         self.hook_embeddings = HookPoint()
+        # Run the encoder on real tokens only (PackedTokens) when neither attentions nor hidden states are asked
+        # for. A speed switch, not part of the config: outputs are the same (padding rows come back as zeros).
+        self.unpad_tokens = False
         self.init_weights()
 
     def embed(self, input_ids, position_ids, img_feat, img_pos_feat, gather_index=None, img_masks=None,
@@ -285,8 +319,14 @@ class UniterModel(UniterPreTrainedModel):
         extended_mask = (1.0 - attention_mask[:, None, None, :].to(dtype)) * MASK_VALUE
         embeddings = self.hook_embeddings(self.embed(input_ids, position_ids, img_feat, img_pos_feat,
                                                      gather_index, img_masks, txt_type_ids, img_type_ids))
+        packed = None
+        if self.unpad_tokens and not (output_attentions or output_hidden_states):
+            packed = PackedTokens.from_mask(attention_mask)
+            embeddings = packed.unpad(embeddings)
         hidden, all_hidden, all_attn = self.encoder(embeddings, extended_mask, output_attentions,
-                                                    output_hidden_states)
+                                                    output_hidden_states, packed)
+        if packed is not None:
+            hidden = packed.pad(hidden)
         layout = None
         if output_attentions:
             max_txt_len = input_ids.size(1) if input_ids is not None else 0
@@ -316,12 +356,14 @@ class UniterModel(UniterPreTrainedModel):
             if isinstance(module, HookPoint) and (names is None or name in names):
                 handles.append(module.register_forward_hook(
                     lambda _module, _inputs, output, name=name: cache.__setitem__(name, output.detach())))
+        unpad_tokens, self.unpad_tokens = self.unpad_tokens, False  # hooks see the padded [B, L, ...] view
         try:
             if len(args) == 1 and isinstance(args[0], dict):
                 output = self.forward_batch(args[0], **kwargs)
             else:
                 output = self(*args, **kwargs)
         finally:
+            self.unpad_tokens = unpad_tokens
             for handle in handles:
                 handle.remove()
         return output, cache

@@ -26,7 +26,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, lr: float, betas=(0.9, 0.98), weight_decay: float = 0.01) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=tuple(betas))
+    """AdamW over `parameter_groups`; on a GPU the fused kernel (one launch for all parameters, same update and
+    same state layout as the default, so checkpoints move freely between devices)."""
+    groups = parameter_groups(model, weight_decay)
+    fused = all(p.is_cuda for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
 
 
 def linear_warmup_decay(warmup_steps: int, total_steps: int):

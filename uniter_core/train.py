@@ -159,6 +159,9 @@ class Trainer:
         self.train_set = check_data(config, uniter_config, where)
         self.model = (UniterForPretraining.from_pretrained(latest / "model") if latest else build_model(config))
         self.model.to(device)
+        self.model.uniter.unpad_tokens = config.run.unpad
+        if config.run.compile:  # in place: parameter names and checkpoints stay as they are
+            self.model.uniter.encoder.compile(dynamic=True)  # dynamic: token counts change every batch
         self.ddp = None
         if self.world_size > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(

@@ -73,6 +73,8 @@ class RunSection:
     keep_last: int = 3
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast, used on CUDA only
+    unpad: bool = True  # position-wise layers on real tokens only (UniterModel.unpad_tokens); same results
+    compile: bool = False  # torch.compile the encoder (GPU: 1.19x the eager step, BENCHMARKS.md; slow to start)
     sync_check: bool = False  # distributed runs: log whether all ranks hold identical weights after each step
 
 

@@ -151,7 +151,7 @@ def _sweep_warps(cost, txt_pad, img_pad, args, reference_seconds: float, device:
     from .fused_triton import ipot_fused
 
     methods = {warps: (lambda warps=warps: ipot_fused(cost, txt_pad, img_pad, args.beta, args.iteration,
-                                                       num_warps=warps)) for warps in (2, 4, 8, 16, 32)}
+                                                       num_warps=warps)) for warps in (1, 2, 4, 8, 16, 32)}
     seconds = time_methods(methods, args.repeats, device)
     print("|   num_warps sweep | " + ", ".join(f"{w}: {_ms(s)} ({reference_seconds / s:.0f}x)"
                                          for w, s in seconds.items()) + " | | | |", flush=True)

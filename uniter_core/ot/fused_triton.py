@@ -130,10 +130,17 @@ def _block(n: int) -> int:
 
 
 def _num_warps(tile_elements: int) -> int:
-    """About 16 elements per thread and tile: kernel, plan and their product then stay in registers
-    (sm_90, Triton 3.9 / 3.7.1: 96-106 / 127-147 registers and no spills from 32x64 to 64x128 tiles,
-    64 at 128x128; 128x256 spills ~300 bytes). Untimed: tune with `bench --sweep-warps` on a GPU."""
-    return min(32, max(4, tile_elements // 512))
+    """Warps per problem, from `bench --device cuda --sweep-warps` on an H200 (Triton 3.6, BENCHMARKS.md):
+    4 warps at 32x64 tiles, 8 at 64x64, and 2 at 64x128, where fewer warps mean cheaper reductions and more
+    problems resident per SM (0.32 ms against 0.44 ms with 16 warps at 512 x 60 x 100). Larger tiles are
+    untimed and keep about 16 elements per thread, which fits the registers without spills up to 128x128."""
+    if tile_elements <= 2048:
+        return 4
+    if tile_elements <= 4096:
+        return 8
+    if tile_elements <= 8192:
+        return 2
+    return min(32, tile_elements // 512)
 
 
 @torch.no_grad()
