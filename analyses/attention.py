@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -152,8 +152,10 @@ def batch_maps(uniter, batch: dict) -> list[np.ndarray]:
 def iter_example_attention(model, corpus_dir: str | Path, split: str, batch_size: int = 16,
                            max_examples: int | None = None, device: str | torch.device | None = None,
                            max_text_len: int = 60, max_regions: int = 100, tokenizer=None,
-                           progress: bool = True) -> Iterator[ExampleAttention]:
-    """Yield ExampleAttention for the first `max_examples` examples of the split, in dataset order.
+                           progress: bool = True, indices: Sequence[int] | None = None
+                           ) -> Iterator[ExampleAttention]:
+    """Yield ExampleAttention for the first `max_examples` examples of the split, in dataset order, or for the
+    examples `indices` (in that order; max_examples is then ignored), e.g. the one example an app shows.
 
     `model` is a UniterForPretraining or a UniterModel; it is put in eval mode (and moved to `device` if given).
     The tokenizer defaults to the corpus tokenizer of this project (uniter_core.data.tokenizer)."""
@@ -163,13 +165,19 @@ def iter_example_attention(model, corpus_dir: str | Path, split: str, batch_size
     uniter = getattr(model, "uniter", model).eval()
     if device is not None:
         uniter.to(device)
-    total = len(dataset) if max_examples is None else min(len(dataset), max_examples)
-    with tqdm(total=total, desc=f"attention {split}", unit="ex", disable=not progress) as bar:
-        for start in range(0, total, batch_size):
-            indices = range(start, min(start + batch_size, total))
-            items = [dataset[i] for i in indices]
+    if indices is None:
+        order = list(range(len(dataset) if max_examples is None else min(len(dataset), max_examples)))
+    else:
+        order = [int(i) for i in indices]
+        bad = [i for i in order if not 0 <= i < len(dataset)]
+        if bad:
+            raise IndexError(f"example {bad[0]} is out of range: the {split!r} split has {len(dataset)} examples")
+    with tqdm(total=len(order), desc=f"attention {split}", unit="ex", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            items = [dataset[i] for i in chunk]
             maps = batch_maps(uniter, collate(items))
-            for index, item, example_maps in zip(indices, items, maps):
+            for index, item, example_maps in zip(chunk, items, maps):
                 layout = ExampleLayout(
                     example=index, text_id=str(item["text_id"]), image_id=str(item["image_id"]),
                     tokens=_tokens(tokenizer, item["input_ids"].tolist()),

@@ -10,9 +10,9 @@ OUT gets, each file written atomically and columns.json last:
     heads.{csv,parquet,json}      one row per (layer, head): pattern fractions, mean probabilities and stats
     layers.{csv,parquet,json}     one row per layer, likewise
     columns.json                  every column's dtype and meaning, the layout convention, the source
-    figures/pattern_fractions_per_layer.{png,pdf}   stacked bars
-    figures/dominant_pattern_grid.{png,pdf}         layer x head, most frequent pattern
-    figures/reversed_block_share_grid.{png,pdf}     layer x head, share of cross-modal (reversed-block) maps
+    figures/pattern_fractions_per_layer.{png,pdf,svg}   stacked bars
+    figures/dominant_pattern_grid.{png,pdf,svg}         layer x head, most frequent pattern
+    figures/reversed_block_share_grid.{png,pdf,svg}     layer x head, share of cross-modal (reversed-block) maps
 """
 from __future__ import annotations
 

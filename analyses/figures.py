@@ -1,9 +1,10 @@
-"""Paper-style figures of the pattern statistics (matplotlib, Agg), each saved as PNG and PDF atomically.
+"""Paper-style figures of the pattern statistics (matplotlib, Agg), each saved as PNG, PDF and SVG atomically.
 
 Colours are fixed per pattern so that every figure of every run reads the same way.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,7 @@ from uniter_core.io import atomic_path  # noqa: E402
 
 COLORS = {"vertical": "#4477AA", "diagonal": "#66CCEE", "vertical_diagonal": "#228833", "block": "#CCBB44",
           "heterogeneous": "#BBBBBB", "reversed_block": "#EE6677"}
+FORMATS = ("png", "pdf", "svg")
 SHORT = {"vertical": "V", "diagonal": "D", "vertical_diagonal": "V+D", "block": "B", "heterogeneous": "H",
          "reversed_block": "RB"}
 STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7, "figure.dpi": 100,
@@ -27,7 +29,7 @@ STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fonts
 
 
 def save(fig, folder: Path, name: str) -> None:
-    for fmt in ("png", "pdf"):
+    for fmt in FORMATS:
         with atomic_path(folder / f"{name}.{fmt}") as tmp:
             fig.savefig(tmp, format=fmt, dpi=200, bbox_inches="tight")
     plt.close(fig)
@@ -92,14 +94,30 @@ def reversed_block_share_grid(heads: pd.DataFrame):
     return fig
 
 
+FIGURES = {"pattern_fractions_per_layer": ("layers", pattern_fractions_per_layer),
+           "dominant_pattern_grid": ("heads", dominant_pattern_grid),
+           "reversed_block_share_grid": ("heads", reversed_block_share_grid)}
+
+
 def write_all(layers: pd.DataFrame, heads: pd.DataFrame, folder: Path) -> list[Path]:
-    """The three figures as PNG and PDF; returns the paths written."""
+    """The three figures in every FORMATS; returns the paths written."""
     folder.mkdir(parents=True, exist_ok=True)
+    tables = {"layers": layers, "heads": heads}
     made = []
     with plt.rc_context(STYLE):
-        for name, fig in (("pattern_fractions_per_layer", pattern_fractions_per_layer(layers)),
-                          ("dominant_pattern_grid", dominant_pattern_grid(heads)),
-                          ("reversed_block_share_grid", reversed_block_share_grid(heads))):
-            save(fig, folder, name)
-            made += [folder / f"{name}.png", folder / f"{name}.pdf"]
+        for name, (table, build) in FIGURES.items():
+            save(build(tables[table]), folder, name)
+            made += [folder / f"{name}.{fmt}" for fmt in FORMATS]
     return made
+
+
+def render(name: str, layers: pd.DataFrame, heads: pd.DataFrame, fmt: str) -> bytes:
+    """One of FIGURES as file bytes, drawn exactly as write_all draws it: for a format missing on disk
+    (exports made before SVG was added) or for filtered tables."""
+    table, build = FIGURES[name]
+    buffer = io.BytesIO()
+    with plt.rc_context(STYLE):
+        fig = build({"layers": layers, "heads": heads}[table])
+        fig.savefig(buffer, format=fmt, dpi=200, bbox_inches="tight")
+        plt.close(fig)
+    return buffer.getvalue()

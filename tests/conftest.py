@@ -25,3 +25,23 @@ def tiny_corpus(tmp_path_factory) -> Path:
         if not (out / "manifest.json").exists():
             build_corpus.main(["--out", str(out), *TINY_CORPUS_ARGS])
     return out
+
+
+@pytest.fixture(scope="session")
+def workbench_env(tiny_corpus, tmp_path_factory) -> dict[str, str]:
+    """The WORKBENCH_* variables of a tiny but real setting for the app: a run trained for a few steps with
+    uniter_core.train (the tiny model of test_train), its baseline evaluation, a small classifier, and empty
+    folders for the gold set and the statistics exports."""
+    from analyses.classifier import fit
+    from analyses.synthetic import synthetic_features
+    from test_train import tiny_overrides
+    from uniter_core import evaluate, train
+
+    root = tmp_path_factory.mktemp("workbench")
+    run = root / "runs" / "tiny"
+    assert train.main(["--out", str(run), *tiny_overrides(tiny_corpus, steps=6, save_every=6, keep_last=1)]) == 0
+    assert evaluate.main(["--run", str(run), "--which", "baseline"]) == 0
+    x, y = synthetic_features(300, seed=0)
+    fit(x, y, max_iter=20).save(root / "classifier" / "clf.joblib")
+    return {"WORKBENCH_RUN": str(run), "WORKBENCH_CLASSIFIER": str(root / "classifier" / "clf.joblib"),
+            "WORKBENCH_GOLD_DIR": str(root / "gold"), "WORKBENCH_STATS_ROOT": str(root / "stats")}

@@ -1,0 +1,275 @@
+"""The Streamlit app, page by page, through streamlit.testing.v1.AppTest on a tiny trained run.
+
+Every page is driven through its widgets; every test also checks that no exception reached the page, including
+with a missing run, a corrupt checkpoint, classifier, metrics log, statistics table or gold set.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from analyses.mapfile import read_maps
+from analyses.patterns import PATTERNS
+from workbench import compute, loaders, plots
+
+APP = Path(__file__).resolve().parents[1] / "workbench" / "app.py"
+
+
+@pytest.fixture
+def open_app(workbench_env, monkeypatch):
+    """open_app(page, **env) -> AppTest after its first run on `page` (views/<page>.py), with WORKBENCH_* set."""
+    def make(page: str = "overview", **env) -> AppTest:
+        for key, value in {**workbench_env, **env}.items():
+            monkeypatch.setenv(key, str(value))
+        at = AppTest.from_file(str(APP), default_timeout=120)
+        at.run()
+        if page != "overview":
+            at.switch_page(f"views/{page}.py")
+            at.run()
+        return ok(at)
+    return make
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def charts(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def test_overview_classifies_the_chosen_examples(open_app):
+    at = open_app()
+    assert at.title[0].value == "Overview" and charts(at) == 2
+    assert at.selectbox(key="split").value == "test" and at.selectbox(key="example").value == 0
+    assert set(at.session_state["overview_examples"]) == set(range(8))
+    ok(at.multiselect(key="overview_examples").set_value([1, 2]).run())
+    assert charts(at) == 2 and "2 examples" in at.get("plotly_chart")[0].proto.spec
+    ok(at.multiselect(key="overview_examples").set_value([]).run())
+    assert "at least one example" in texts(at.info)
+
+
+def test_head_explorer_steps_through_layers_and_heads(open_app):
+    at = open_app("head_explorer")
+    assert charts(at) == 2 and at.metric[0].label == "Predicted pattern"
+    assert at.metric[0].value.replace(" ", "_") in PATTERNS
+    ok(at.button(key="head_next").click().run())
+    assert at.session_state["head"] == 1
+    ok(at.button(key="layer_prev").click().run())
+    assert at.session_state["layer"] == 1  # wraps around: the tiny model has 2 layers
+    ok(at.selectbox(key="head").set_value(3).run())
+    assert "Layer 1, head 3" in at.get("plotly_chart")[0].proto.spec
+    ok(at.selectbox(key="example").set_value(4).run())
+    assert "Example 4" in texts(at.markdown)
+    ok(at.switch_page("views/image_view.py").run())  # the choice carries over to the other pages
+    assert at.selectbox(key="layer").value == 1 and at.selectbox(key="head").value == 3
+
+
+def test_image_view_word_and_region_modes(open_app):
+    at = open_app("image_view")
+    assert charts(at) == 1 and "Attention on regions" in [m.label for m in at.metric]
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["data"][0]["type"] == "image" and spec["data"][0]["source"].startswith("data:image/jpeg;base64,")
+    words = at.selectbox(key="word").options
+    ok(at.selectbox(key="word").set_value(len(words) - 1).run())
+    ok(at.toggle(key="head_mean").set_value(True).run())
+    assert "mean over heads" in at.get("plotly_chart")[0].proto.spec
+    ok(at.radio(key="image_mode").set_value("Region → words").run())
+    assert charts(at) == 2
+    ok(at.selectbox(key="region").set_value(1).run())
+
+
+def test_transport_page_compares_the_solvers(open_app):
+    at = open_app("transport")
+    assert charts(at) == 2
+    table = at.dataframe[0].value
+    assert list(table["solver"]) == ["IPOT", "POT Sinkhorn", "POT EMD"]
+    assert table["L1 to IPOT"].iloc[0] == 0 and (table["transport cost"] > 0).all()
+    assert table["transport cost"].iloc[2] <= table["transport cost"].min() + 1e-9  # EMD is the exact optimum
+    for solver in ("POT Sinkhorn", "POT EMD"):
+        ok(at.radio(key="ot_solver").set_value(solver).run())
+        assert f"{solver} plan" in at.get("plotly_chart")[0].proto.spec
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["L1 to the IPOT plan"]) > 0
+    ok(at.selectbox(key="ot_word").set_value(0).run())
+
+
+def test_statistics_missing_then_exported_filtered_and_downloaded(open_app, tmp_path):
+    at = open_app("statistics", WORKBENCH_STATS_ROOT=tmp_path)
+    assert "No exported statistics" in texts(at.info)
+    assert at.code[0].value.startswith("python -m analyses.export_stats --run ") and "--split test" in at.code[0].value
+    at.number_input(key="export_limit").set_value(3)
+    ok(at.button(key="export_now").click().run())
+    assert (tmp_path / "tiny" / "columns.json").exists() and not at.info
+    assert len(at.dataframe[0].value) == 2 * 4  # per head: 2 layers x 4 heads
+    ok(at.multiselect(key="stats_layers_heads").set_value([1]).run())
+    assert set(at.dataframe[0].value["layer"]) == {1}
+    ok(at.radio(key="stats_table").set_value("examples").run())
+    ok(at.multiselect(key="stats_heads_examples").set_value([0, 2]).run())
+    assert len(at.dataframe[0].value) == 3 * 2 * 2
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels == ["CSV", "PARQUET", "JSON"] + ["PNG", "SVG", "PDF"] * 3
+    (tmp_path / "tiny" / "figures" / "dominant_pattern_grid.svg").unlink()  # older exports had no SVG
+    ok(at.run())
+    assert len(at.get("download_button")) == 12
+
+
+def test_statistics_corrupt_files_give_messages(open_app, tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "columns.json").write_text("{not json")
+    at = open_app("statistics", WORKBENCH_STATS_ROOT=tmp_path)
+    assert "cannot be read" in texts(at.error)
+    (folder / "columns.json").write_text("{}")
+    (folder / "heads.parquet").write_bytes(b"garbage")
+    ok(at.run())
+    assert "heads.parquet" in texts(at.error) and "cannot be read" in texts(at.error)
+
+
+def test_label_heads_saves_labels_and_retrains(open_app, workbench_env, tmp_path):
+    classifier = tmp_path / "clf" / "clf.joblib"
+    classifier.parent.mkdir()
+    for suffix in (".joblib", ".json"):
+        shutil.copy(Path(workbench_env["WORKBENCH_CLASSIFIER"]).with_suffix(suffix), classifier.with_suffix(suffix))
+    gold = tmp_path / "gold"
+    at = open_app("label_heads", WORKBENCH_GOLD_DIR=gold, WORKBENCH_CLASSIFIER=classifier)
+    assert "0 labelled maps" in texts(at.markdown)
+    for label in ("block", "block", "diagonal", "diagonal", "skip"):
+        ok(at.button(key=f"label_{label}").click().run())
+        assert "Saved map" in texts(at.success)
+    table = pd.read_csv(gold / "labels.csv")
+    assert list(table["label"]) == ["block", "block", "diagonal", "diagonal", "skip"]
+    assert len(set(zip(table["example"], table["layer"], table["head"]))) == 5  # a new map each time
+    assert [r.index for r in read_maps(gold / "maps.npz")] == list(table["index"])
+    assert "5 labelled maps" in texts(at.markdown)
+    at.number_input(key="retrain_synthetic").set_value(120)
+    ok(at.button(key="retrain").click().run())
+    assert "macro-F1" in texts(at.success)
+    assert "held-out gold maps" in str(at.dataframe[-1].value["evaluated on"].iloc[0])
+
+    (gold / "labels.csv").write_bytes(b"\xff\xfe\x00garbage")
+    ok(at.run())
+    assert "labels.csv" in texts(at.error)
+
+
+def test_training_page_curves_evaluation_and_bad_logs(open_app, workbench_env, tmp_path):
+    at = open_app("training")
+    assert charts(at) >= 3 and at.metric[0].value == "6"
+    table = at.dataframe[0].value
+    assert "text→image R@1" in list(table["metric"]) and table["initialisation"].notna().all()
+    run = tmp_path / "run"
+    shutil.copytree(workbench_env["WORKBENCH_RUN"], run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "task": "itm", "lo')  # a run killed while logging
+    (run / "eval_test_baseline.json").write_text("[1, 2")
+    at = open_app("training", WORKBENCH_RUN=run)
+    assert "unreadable line" in texts(at.warning) and "eval_test_baseline.json" in texts(at.error)
+    (run / "metrics.jsonl").write_text("garbage\n")
+    ok(at.run())
+    assert "holds no training records" in texts(at.error)
+
+
+@pytest.mark.parametrize("page", ["overview", "head_explorer", "image_view", "transport", "statistics",
+                                  "label_heads", "training"])
+def test_missing_run_is_explained_on_every_page(open_app, tmp_path, page):
+    at = open_app(page, WORKBENCH_RUN=tmp_path / "nothing")
+    assert "No run at" in texts(at.info) and not at.error
+
+
+def test_corrupt_checkpoint_and_classifier(open_app, workbench_env, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(workbench_env["WORKBENCH_RUN"], run)
+    for weights in run.glob("checkpoints/*/model/*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    at = open_app("head_explorer", WORKBENCH_RUN=run)
+    assert "cannot be loaded" in texts(at.error)
+    ok(at.switch_page("views/training.py").run())  # curves need no weights
+    assert charts(at) >= 3
+    bad = tmp_path / "clf.joblib"
+    bad.write_bytes(b"junk")
+    bad.with_suffix(".json").write_text("{}")
+    at = open_app("overview", WORKBENCH_CLASSIFIER=bad)
+    assert "classifier cannot be loaded" in texts(at.error)
+
+
+def test_official_checkpoint_source_reports_problems(open_app, tiny_corpus, tmp_path):
+    at = open_app()
+    ok(at.radio(key="source_kind").set_value("official").run())
+    assert "No checkpoint file" in texts(at.info)
+    checkpoint = tmp_path / "uniter-base.pt"
+    checkpoint.write_bytes(b"0")
+    at.text_input(key="ckpt_path").input(str(checkpoint))
+    ok(at.text_input(key="ckpt_corpus").input(str(tiny_corpus)).run())
+    assert "1280-d region features but uniter-base expects 2048" in texts(at.error)
+    ok(at.switch_page("views/training.py").run())
+    assert "official checkpoint has none" in texts(at.info)
+
+
+# ------------------------------------------------------------------------------------------ pure parts
+def test_missing_demo_run_says_how_to_make_it():
+    assert "make demo" in loaders.missing_run_message("runs/pretrain-mini")
+
+
+def test_gold_labels_round_trip_and_relabel(tmp_path):
+    a = np.full((5, 5), 0.2, np.float32)
+    where = {"run": "r", "split": "test", "example": 0, "layer": 1, "head": 2}
+    assert compute.add_gold_label(tmp_path, a, 3, 2, "block", where) == 0
+    assert compute.add_gold_label(tmp_path, a, 3, 2, "diagonal", {**where, "head": 3}) == 1
+    assert compute.add_gold_label(tmp_path, a, 3, 2, "vertical", where) == 0  # relabelled, not duplicated
+    table = compute.read_gold_labels(tmp_path)
+    assert list(table["label"]) == ["vertical", "diagonal"] and len(read_maps(tmp_path / "maps.npz")) == 2
+    assert compute.labelled_keys(table) == {("r", "test", 0, 1, 2), ("r", "test", 0, 1, 3)}
+    with pytest.raises(ValueError, match="unknown label"):
+        compute.add_gold_label(tmp_path, a, 3, 2, "stripes", where)
+
+
+def test_plot_builders():
+    heads = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "n_maps": 3,
+                          "dominant_pattern": ["block", "vertical", "diagonal", "block"],
+                          **{f"frac_{c}": 1 / 6 for c in PATTERNS},
+                          **{f"mean_{s}": 0.5 for s in ("entropy", "cls_mass", "sep_mass", "tr", "rt")}})
+    grid = plots.pattern_grid(heads)
+    assert grid.data[0].z.tolist() == [[3, 0], [1, 3]] and len(grid.data) == 1 + len(PATTERNS)
+    attention = np.full((6, 6), 1 / 6)
+    fig = plots.attention_heatmap(attention, ["[CLS]", "a", "[SEP]", "r #0", "r #1", "r #2"], 3)
+    assert [s.x0 for s in fig.layout.shapes] == [2.5, -0.5] and list(fig.layout.xaxis.ticktext)[3] == "r #0"
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 20, 20]], float)
+    fig = plots.image_boxes(None, 30, 30, boxes, ["a #0", "b #1"], np.array([0.1, 0.3]), highlight=[1], truth=[0])
+    assert len(fig.layout.shapes) == 3 and fig.layout.shapes[-1].line.dash == "dash"
+    plan = np.full((3, 2), 1 / 6)
+    fig = plots.transport_heatmap(plan, ["[CLS]", "a", "[SEP]"], ["x #0", "y #1"], {1: {0}})
+    assert fig.data[1].x == (0,) and fig.data[1].y == (1,)
+
+
+def test_attention_for_chosen_examples_matches_the_stream(workbench_env):
+    from analyses.attention import iter_example_attention, load_run
+
+    model, corpus, _ = load_run(workbench_env["WORKBENCH_RUN"])
+    stream = list(iter_example_attention(model, corpus, "test", max_examples=4, batch_size=3, progress=False))
+    picked = list(iter_example_attention(model, corpus, "test", indices=[3, 1], progress=False))
+    assert [e.layout.example for e in picked] == [3, 1]
+    for example in picked:
+        np.testing.assert_allclose(example.maps, stream[example.layout.example].maps, atol=1e-5)
+    with pytest.raises(IndexError, match="out of range"):
+        next(iter_example_attention(model, corpus, "test", indices=[99], progress=False))
+
+
+def test_figures_render_svg_from_tables():
+    from analyses import figures
+
+    heads = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1],
+                          "dominant_pattern": ["block", "vertical", "diagonal", "block"],
+                          **{f"frac_{c}": 1 / 6 for c in PATTERNS}})
+    layers = pd.DataFrame({"layer": [0, 1], **{f"frac_{c}": 1 / 6 for c in PATTERNS}})
+    for name in figures.FIGURES:
+        assert b"<svg" in figures.render(name, layers, heads, "svg")[:2000]
+    assert figures.render("pattern_fractions_per_layer", layers, heads, "pdf").startswith(b"%PDF")

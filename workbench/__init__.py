@@ -1,0 +1,1 @@
+"""The Streamlit workbench: `streamlit run workbench/app.py` (pages in workbench/views/)."""

@@ -1,0 +1,31 @@
+"""UNITER Workbench, the Streamlit app: `streamlit run workbench/app.py` from the repository root.
+
+The entry point only sets up the page, the shared sidebar (model source, split, example) and the navigation;
+each page is one file in workbench/views/. Defaults (run folder, classifier, gold set, statistics folder) can
+be overridden with the WORKBENCH_* environment variables listed in workbench/settings.py.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for analyses/ and uniter_core/
+
+import streamlit as st  # noqa: E402
+
+from workbench import ui  # noqa: E402
+
+PAGES = [
+    ("views/overview.py", "Overview", ":material/grid_view:", "overview"),
+    ("views/head_explorer.py", "Head explorer", ":material/blur_on:", "head_explorer"),
+    ("views/image_view.py", "Image view", ":material/image:", "image_view"),
+    ("views/transport.py", "Optimal transport", ":material/swap_horiz:", "transport"),
+    ("views/statistics.py", "Statistics", ":material/table_chart:", "statistics"),
+    ("views/label_heads.py", "Label heads", ":material/label:", "label_heads"),
+    ("views/training.py", "Training", ":material/monitoring:", "training"),
+]
+
+st.set_page_config(page_title="UNITER Workbench", page_icon=":material/visibility:", layout="wide")
+navigation = st.navigation([st.Page(path, title=title, icon=icon, url_path=url, default=i == 0)
+                            for i, (path, title, icon, url) in enumerate(PAGES)])
+st.sidebar.title("UNITER Workbench")
+ui.sidebar()
+navigation.run()

@@ -1,0 +1,212 @@
+"""The computations behind the pages, free of Streamlit so that tests and the benchmark can call them directly.
+
+Everything here delegates to the project's own modules (analyses.*, uniter_core.*): the app shows what those
+compute and never re-implements them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from analyses.export_stats import aggregate, per_map_table
+from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
+from analyses.patterns import PATTERNS
+from uniter_core.data.dataset import collate
+from uniter_core.io import write_text
+from uniter_core.ot import cost_matrix_cosine, ipot
+from uniter_core.report import ROWS
+
+# Display name -> uniter_core.ot solver. "auto" is IPOT as training runs it (batched on CPU, fused on CUDA).
+SOLVERS = {"IPOT": "auto", "POT Sinkhorn": "pot-sinkhorn", "POT EMD": "pot-emd"}
+LABELS = (*PATTERNS, "skip")
+GOLD_KEY = ["run", "split", "example", "layer", "head"]
+GOLD_COLUMNS = ["index", "label", *GOLD_KEY, "n_text", "n_regions", "labeller", "note"]  # as analyses.gold
+
+
+# ------------------------------------------------------------------------------------------ patterns
+def example_table(example, classifier) -> pd.DataFrame:
+    """One row per (layer, head) of one ExampleAttention: predicted pattern, probabilities and head_stats."""
+    return per_map_table([example], classifier)
+
+
+def summarise(tables: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(per-map rows, per-head, per-layer) aggregates of several examples, as analyses.export_stats makes them."""
+    table = pd.concat(tables, ignore_index=True)
+    return table, aggregate(table, ["layer", "head"]), aggregate(table, ["layer"])
+
+
+def head_map(maps: np.ndarray, layer: int, head: int | None) -> np.ndarray:
+    """One head's map [n, n], or the mean over the layer's heads when head is None."""
+    return maps[layer, head] if head is not None else maps[layer].mean(0)
+
+
+def word_to_regions(attention: np.ndarray, n_text: int, position: int) -> np.ndarray:
+    """[K] attention mass the query at text `position` puts on each region key."""
+    return attention[position, n_text:]
+
+
+def region_to_words(attention: np.ndarray, n_text: int, region: int) -> np.ndarray:
+    """[n_text] attention each text query puts on region key `region`."""
+    return attention[:n_text, n_text + region]
+
+
+# ------------------------------------------------------------------------------------------ transport
+def alignment_by_position(item: dict) -> dict[int, set[int]]:
+    """Ground truth of the corpus: sequence position (with [CLS] at 0) -> set of region indices."""
+    truth: dict[int, set[int]] = {}
+    for position, region in item.get("alignment", []):
+        truth.setdefault(int(position), set()).add(int(region))
+    return truth
+
+
+@torch.inference_mode()
+def final_states(model, item: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final-layer text ([CLS] .. [SEP]) and region states of one example, fp32, as WRA takes them."""
+    batch = collate([item])
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    hidden = model.uniter.forward_batch(batch).last_hidden_state.float()[0].cpu()
+    n_text, n_regions = batch["txt_lens"][0], batch["num_bbs"][0]
+    return hidden[:n_text], hidden[n_text:n_text + n_regions]
+
+
+def transport_plan(txt: torch.Tensor, img: torch.Tensor, solver: str, beta: float = 0.5, iteration: int = 50,
+                   k: int = 1) -> dict:
+    """Cosine cost [T, K], plan [T, K] of `solver` (a uniter_core.ot name), transport cost and solve time."""
+    cost = cost_matrix_cosine(txt[None].double(), img[None].double())
+    start = time.perf_counter()
+    plan = ipot(cost, None, None, beta, iteration, k, solver)
+    seconds = time.perf_counter() - start
+    cost_np, plan_np = cost[0].numpy(), plan[0].double().numpy()
+    return {"cost": cost_np, "plan": plan_np, "distance": float((cost_np * plan_np).sum()), "seconds": seconds}
+
+
+def solver_table(results: dict[str, dict], truth: dict[int, set[int]]) -> pd.DataFrame:
+    """Per solver: transport cost, L1 distance of its plan to the IPOT plan, and how many grounded words get
+    their largest mass on a ground-truth region (the WRA alignment accuracy of this one example)."""
+    reference = results["IPOT"]["plan"]
+    rows = []
+    for name, r in results.items():
+        plan = r["plan"]
+        hits = sum(int(plan[p].argmax()) in regions for p, regions in truth.items() if p < len(plan))
+        rows.append({"solver": name, "transport cost": r["distance"],
+                     "L1 to IPOT": float(np.abs(plan - reference).sum()),
+                     "grounded words hit": f"{hits} / {len(truth)}" if truth else "–",
+                     "ms": round(1000 * r["seconds"], 1)})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ gold set
+def read_gold_labels(gold_dir: Path) -> pd.DataFrame:
+    """labels.csv of a gold folder (empty table when there is none yet); MapFileError when unreadable."""
+    labels_file = Path(gold_dir) / "labels.csv"
+    if not labels_file.exists():
+        return pd.DataFrame(columns=GOLD_COLUMNS)
+    try:
+        table = pd.read_csv(labels_file)
+    except (ValueError, OSError, UnicodeDecodeError) as error:
+        raise MapFileError(f"{labels_file}: not a readable CSV file ({error})") from None
+    if not {"index", "label"} <= set(table.columns):
+        raise MapFileError(f"{labels_file}: needs columns index,label (has {', '.join(map(str, table.columns))})")
+    return table
+
+
+def gold_key(run: str, split: str, example: int, layer: int, head: int) -> tuple:
+    return (str(run), str(split), int(example), int(layer), int(head))
+
+
+def labelled_keys(table: pd.DataFrame) -> set[tuple]:
+    if not set(GOLD_KEY) <= set(table.columns):
+        return set()
+    rows = table.dropna(subset=GOLD_KEY)
+    return {gold_key(*values) for values in rows[GOLD_KEY].itertuples(index=False)}
+
+
+def add_gold_label(gold_dir: Path, attention: np.ndarray, n_text: int, n_regions: int, label: str,
+                   provenance: dict, labeller: str = "workbench") -> int:
+    """Store one labelled map in the gold set (maps.npz then labels.csv, each atomically); returns its index.
+    A map labelled before (same run, split, example, layer, head) keeps its index and gets the new label."""
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r} (known: {', '.join(LABELS)})")
+    gold_dir = Path(gold_dir)
+    maps_file = gold_dir / "maps.npz"
+    table = read_gold_labels(gold_dir)
+    key = gold_key(*(provenance[k] for k in GOLD_KEY))
+    for row_number, values in zip(table.index, table.reindex(columns=GOLD_KEY).itertuples(index=False)):
+        if not any(pd.isna(v) for v in values) and gold_key(*values) == key:
+            table.loc[row_number, "label"] = label
+            write_text(gold_dir / "labels.csv", table.to_csv(index=False))
+            return int(table.loc[row_number, "index"])
+    records = read_maps(maps_file) if maps_file.exists() else []
+    index = max([r.index for r in records] + [int(i) for i in table["index"]] + [-1]) + 1
+    write_maps(maps_file, records + [MapRecord(index, np.asarray(attention, np.float32), n_text, n_regions)])
+    row = {"index": index, "label": label, **{k: provenance[k] for k in GOLD_KEY}, "n_text": n_text,
+           "n_regions": n_regions, "labeller": labeller, "note": ""}
+    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
+    write_text(gold_dir / "labels.csv", table.to_csv(index=False))
+    return index
+
+
+def label_queue(table: pd.DataFrame, done: set[tuple], run: str, split: str) -> pd.DataFrame:
+    """Maps to label next: unlabelled before labelled, then the classifier's least sure (lowest top probability)."""
+    queue = table[["example", "layer", "head", "pattern"]].copy()
+    queue["confidence"] = table[[f"p_{c}" for c in PATTERNS]].max(axis=1)
+    queue["labelled"] = [gold_key(run, split, e, l, h) in done for e, l, h in
+                         queue[["example", "layer", "head"]].itertuples(index=False)]
+    return queue.sort_values(["labelled", "confidence", "example", "layer", "head"]).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------ training run
+def read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
+    """(one row per logged step, one row per (evaluation, split), numbers of unreadable lines) of a metrics.jsonl.
+    A half-written last line (a run killed while logging) is skipped, not fatal."""
+    steps, evals, bad = [], [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(number)
+                continue
+            if not isinstance(record, dict):
+                bad.append(number)
+            elif "loss" in record and "task" in record:
+                steps.append(record)
+            elif isinstance(record.get("eval"), dict):
+                evals += [{"step": record.get("step"), "split": split, **values}
+                          for split, values in record["eval"].items() if isinstance(values, dict)]
+    if not steps and not evals:
+        raise ValueError(f"{path}: holds no training records" + (f" ({len(bad)} unreadable lines)" if bad else ""))
+    return pd.DataFrame(steps), pd.DataFrame(evals), bad
+
+
+def read_eval(path: Path) -> dict | None:
+    """An eval_<split>.json (None when absent); ValueError naming the file when it is not valid JSON."""
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(result, dict):
+        raise ValueError(f"{path}: expected a JSON object of metrics")
+    return result
+
+
+def eval_table(pretrained: dict, baseline: dict | None) -> pd.DataFrame:
+    """The rows of uniter_core.report: pre-trained beside the initialisation, with the difference."""
+    rows = []
+    for key, label in ROWS:
+        if key not in pretrained:
+            continue
+        base = baseline.get(key) if baseline else None
+        rows.append({"metric": label, "pre-trained": pretrained[key], "initialisation": base,
+                     "difference": pretrained[key] - base if base is not None else None})
+    return pd.DataFrame(rows)

@@ -1,0 +1,255 @@
+"""Cached loading of everything the pages show, with every failure turned into one readable sentence.
+
+Heavy objects (model, dataset, classifier, per-example attention) live in st.cache_resource, tables in
+st.cache_data. Cache keys carry a "stamp" (checkpoint name, file times) so a newer checkpoint or a retrained
+classifier is picked up without restarting the app. Loading errors become LoadError, which pages show with
+st.error / st.info (see `need_*`), never as a traceback.
+"""
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from analyses.attention import iter_example_attention, load_official_checkpoint, load_run
+from analyses.classifier import DEFAULT_MODEL, load_classifier
+from uniter_core.data.dataset import ImageTextDataset
+from uniter_core.train_state import CheckpointManager
+from workbench import compute, settings
+
+PRESETS = ("uniter-base", "uniter-large", "uniter-mini")
+
+
+class LoadError(Exception):
+    """Something the page needs cannot be loaded; `missing` means absent (an info) rather than broken."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the model comes from: a run folder of uniter_core.train, or an official checkpoint + corpus."""
+
+    kind: str  # "run" | "official"
+    path: str
+    corpus: str = ""
+    preset: str = "uniter-base"
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem if self.kind == "official" else Path(self.path).name
+
+    def stamp(self) -> str:
+        """Changes when the weights behind the source change (new checkpoint, replaced file)."""
+        path = settings.resolve(self.path)
+        if self.kind == "run":
+            latest = CheckpointManager(path).latest()
+            return f"{latest.name}@{_mtime(latest / 'model')}" if latest else "none"
+        return f"{_mtime(path)}:{_mtime(settings.resolve(self.corpus) / 'img_db' / 'manifest.json')}"
+
+
+@dataclass
+class Loaded:
+    source: Source
+    model: object  # UniterForPretraining, eval mode
+    corpus: Path
+    max_text_len: int
+    max_regions: int
+
+    @property
+    def key(self) -> tuple:
+        """Hashable identity for the caches below (the model itself is not hashed)."""
+        return (self.source, self.source.stamp())
+
+    @property
+    def layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def heads(self) -> int:
+        return self.model.config.num_attention_heads
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+# ------------------------------------------------------------------------------------------ model
+def missing_run_message(path: str) -> str:
+    if Path(path) == Path(settings.DEMO_RUN):
+        return (f"No run at `{path}` yet. Make the demo run with `make demo` (pre-trains and evaluates "
+                f"runs/pretrain-mini, about 16 minutes on 2 CPU cores), or pick another run folder in the sidebar.")
+    return f"No run at `{path}`: pick a folder written by `python -m uniter_core.train --out {path}`."
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def _load(source: Source, stamp: str) -> Loaded:
+    if source.kind == "run":
+        model, corpus, config = load_run(settings.resolve(source.path))
+        limits = (config.data.max_text_len, config.data.max_regions)
+    else:
+        model, corpus, _ = load_official_checkpoint(settings.resolve(source.path),
+                                                    settings.resolve(source.corpus), source.preset)
+        limits = (60, 100)
+    return Loaded(source, model.eval(), Path(corpus), *limits)
+
+
+def load(source: Source) -> Loaded:
+    path = settings.resolve(source.path)
+    if source.kind == "run" and not path.exists():
+        raise LoadError(missing_run_message(source.path), missing=True)
+    if source.kind == "official" and not path.is_file():
+        raise LoadError(f"No checkpoint file at `{source.path}`.", missing=True)
+    try:
+        return _load(source, source.stamp())
+    except FileNotFoundError as error:
+        raise LoadError(str(error).replace(str(path), source.path)) from None
+    except Exception as error:  # safetensors, torch and JSON errors all mean the same thing here
+        raise LoadError(f"`{source.path}` cannot be loaded: {type(error).__name__}: {error}") from None
+
+
+@st.cache_resource(max_entries=4)
+def dataset(corpus: str, split: str, max_text_len: int, max_regions: int) -> ImageTextDataset:
+    return ImageTextDataset(corpus, split, max_text_len, max_regions)
+
+
+def get_dataset(loaded: Loaded, split: str) -> ImageTextDataset:
+    try:
+        return dataset(str(loaded.corpus), split, loaded.max_text_len, loaded.max_regions)
+    except Exception as error:
+        raise LoadError(f"split {split!r} of `{loaded.corpus}` cannot be read: {error}") from None
+
+
+def splits(corpus: Path) -> list[str]:
+    found = sorted(p.stem for p in (Path(corpus) / "txt_db").glob("*.jsonl"))
+    preferred = [s for s in settings.SPLITS_PREFERRED if s in found]
+    return preferred + [s for s in found if s not in preferred]
+
+
+# ------------------------------------------------------------------------------------------ attention
+@st.cache_resource(max_entries=32, show_spinner=False)  # a uniter-base example is ~15 MB of maps
+def _example(_loaded: Loaded, key: tuple, split: str, index: int):
+    return next(iter_example_attention(_loaded.model, _loaded.corpus, split, indices=[index], progress=False,
+                                       max_text_len=_loaded.max_text_len, max_regions=_loaded.max_regions))
+
+
+def example(loaded: Loaded, split: str, index: int):
+    """ExampleAttention (maps [layers, heads, n, n] + layout) of one example, computed once."""
+    return _example(loaded, loaded.key, split, int(index))
+
+
+def item(loaded: Loaded, split: str, index: int) -> dict:
+    """The dataset item (features, boxes, ground-truth alignment) of one example."""
+    return get_dataset(loaded, split)[int(index)]
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the head-pattern classifier…")
+def _classifier(path: str | None, stamp: float):
+    return load_classifier(path)
+
+
+def classifier_file() -> Path:
+    return settings.classifier_path() or DEFAULT_MODEL
+
+
+def classifier():
+    path = settings.classifier_path()
+    try:
+        return _classifier(str(path) if path else None, _mtime(classifier_file()))
+    except Exception as error:
+        raise LoadError(f"The head-pattern classifier cannot be loaded: {error}") from None
+
+
+def classifier_key() -> tuple:
+    return (str(classifier_file()), _mtime(classifier_file()))
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _example_table(_loaded: Loaded, key: tuple, split: str, index: int, clf_key: tuple) -> pd.DataFrame:
+    return compute.example_table(example(_loaded, split, index), classifier())
+
+
+def example_table(loaded: Loaded, split: str, index: int) -> pd.DataFrame:
+    """Predicted pattern, probabilities and head statistics of every (layer, head) of one example."""
+    return _example_table(loaded, loaded.key, split, int(index), classifier_key())
+
+
+@st.cache_data(max_entries=64, show_spinner="Solving the transport problem…")
+def _transport(_loaded: Loaded, key: tuple, split: str, index: int, solver: str) -> dict:
+    txt, img = compute.final_states(_loaded.model, item(_loaded, split, index))
+    config = _loaded.model.config
+    return compute.transport_plan(txt, img, compute.SOLVERS[solver], config.ot_beta, config.ot_iteration,
+                                  config.ot_k)
+
+
+def transport(loaded: Loaded, split: str, index: int, solver: str) -> dict:
+    return _transport(loaded, loaded.key, split, int(index), solver)
+
+
+# ------------------------------------------------------------------------------------------ files
+@st.cache_data(max_entries=64, show_spinner=False)
+def _image(path: str, stamp: float) -> tuple[str, int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+    mime = "image/png" if path.lower().endswith(".png") else "image/jpeg"
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return f"data:{mime};base64,{data}", width, height
+
+
+def image(loaded: Loaded, split: str, image_id: str) -> tuple[str, int, int] | None:
+    """(data URI, width, height) of an example's picture, or None when the corpus holds no image file."""
+    store = get_dataset(loaded, split).store
+    meta = store.meta(image_id) if image_id in store else {}
+    names = [meta["file"]] if meta.get("file") else []
+    names += [f"images/{image_id}{ext}" for ext in (".jpg", ".jpeg", ".png")]
+    for name in names:
+        path = loaded.corpus / name
+        if path.is_file():
+            try:
+                return _image(str(path), _mtime(path))
+            except Exception:  # an unreadable picture: show the boxes alone
+                return None
+    return None
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _table(path: str, stamp: float) -> pd.DataFrame:
+    return pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
+
+
+def stats_table(folder: Path, name: str) -> pd.DataFrame:
+    """An export_stats table (Parquet, else CSV); LoadError naming the file when missing or unreadable."""
+    for path in (folder / f"{name}.parquet", folder / f"{name}.csv"):
+        if path.exists():
+            try:
+                return _table(str(path), _mtime(path))
+            except Exception as error:
+                raise LoadError(f"`{path}` cannot be read ({type(error).__name__}: {error}); export the "
+                                f"statistics again.") from None
+    raise LoadError(f"`{folder}` holds no {name} table.", missing=True)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _metrics(path: str, stamp: float, size: int):
+    return compute.read_metrics(Path(path))
+
+
+def metrics(run_dir: Path):
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise LoadError(f"`{path}` does not exist: the run has not logged any step yet.", missing=True)
+    try:
+        return _metrics(str(path), _mtime(path), path.stat().st_size)
+    except Exception as error:
+        raise LoadError(f"`{path}` cannot be read: {error}") from None

@@ -1,0 +1,178 @@
+"""Plotly figure builders: pure functions of arrays and tables, so they are tested without a browser.
+
+Pattern colours and short names come from analyses.figures, so the app and the exported figures read alike.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
+
+from analyses.figures import COLORS, SHORT
+from analyses.patterns import PATTERNS
+
+HEAT = "Blues"
+MASS = "YlOrRd"
+MARGIN = dict(l=10, r=10, t=40, b=10)
+
+
+def _discrete_scale() -> list:
+    n = len(PATTERNS)
+    scale = []
+    for i, c in enumerate(PATTERNS):
+        scale += [[i / n, COLORS[c]], [(i + 1) / n, COLORS[c]]]
+    return scale
+
+
+def pattern_grid(heads: pd.DataFrame, title: str = "Dominant pattern per head") -> go.Figure:
+    """Layer x head grid coloured by each head's most frequent pattern; hover shows fractions and stats."""
+    heads = heads.sort_values(["layer", "head"])
+    layers, n_heads = sorted(heads["layer"].unique()), sorted(heads["head"].unique())
+    grid = heads.pivot(index="layer", columns="head", values="dominant_pattern").loc[layers, n_heads]
+    codes = grid.map(PATTERNS.index).to_numpy()
+    hover = np.empty(codes.shape, dtype=object)
+    for row in heads.itertuples(index=False):
+        r = row._asdict()
+        fracs = "<br>".join(f"{c.replace('_', ' ')}: {r[f'frac_{c}']:.0%}" for c in PATTERNS if r[f"frac_{c}"] > 0)
+        hover[layers.index(r["layer"]), n_heads.index(r["head"])] = (
+            f"<b>layer {r['layer']}, head {r['head']}</b>: {r['dominant_pattern'].replace('_', ' ')}<br>{fracs}<br>"
+            f"entropy {r['mean_entropy']:.2f} · [CLS] {r['mean_cls_mass']:.2f} · [SEP] {r['mean_sep_mass']:.2f}"
+            f"<br>text→region {r['mean_tr']:.2f} · region→text {r['mean_rt']:.2f} · maps {r['n_maps']}")
+    fig = go.Figure(go.Heatmap(
+        z=codes, x=n_heads, y=layers, zmin=-0.5, zmax=len(PATTERNS) - 0.5, colorscale=_discrete_scale(),
+        text=[[SHORT[PATTERNS[c]] for c in row] for row in codes], texttemplate="%{text}", customdata=hover,
+        hovertemplate="%{customdata}<extra></extra>", xgap=2, ygap=2, showscale=False))
+    for c in PATTERNS:  # a legend instead of a colour bar: six discrete colours read better as named swatches
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=c.replace("_", " "),
+                        marker=dict(symbol="square", size=12, color=COLORS[c]))
+    fig.update_layout(title=title, xaxis=dict(title="head", dtick=1), margin=MARGIN, plot_bgcolor="white",
+                      yaxis=dict(title="layer", dtick=1, autorange="reversed"), height=max(300, 140 + 40 * len(layers)))
+    return fig
+
+
+def pattern_bars(layers: pd.DataFrame, title: str = "Pattern fractions per layer") -> go.Figure:
+    """Stacked bars: the share of each layer's maps predicted as each pattern."""
+    fig = go.Figure()
+    for c in PATTERNS:
+        fig.add_bar(x=layers["layer"], y=layers[f"frac_{c}"], name=c.replace("_", " "), marker_color=COLORS[c],
+                    hovertemplate=f"layer %{{x}}: %{{y:.1%}} {c.replace('_', ' ')}<extra></extra>")
+    fig.update_layout(barmode="stack", title=title, xaxis=dict(title="layer", dtick=1), margin=MARGIN,
+                      yaxis=dict(title="share of maps", range=[0, 1], tickformat=".0%"), height=360)
+    return fig
+
+
+def attention_heatmap(attention: np.ndarray, labels: list[str], n_text: int, title: str = "",
+                      height: int = 640) -> go.Figure:
+    """One attention map, rows = queries, columns = keys, lines after [SEP] between text and regions."""
+    n = len(labels)
+    ticks = list(range(n))
+    hover = np.array([[f"{labels[i]} → {labels[j]}" for j in range(n)] for i in range(n)], dtype=object)
+    fig = go.Figure(go.Heatmap(z=attention, x=ticks, y=ticks, colorscale=HEAT, zmin=0, customdata=hover,
+                               hovertemplate="%{customdata}<br>attention %{z:.3f}<extra></extra>",
+                               colorbar=dict(title="attention")))
+    edge = n_text - 0.5
+    for kw in (dict(x0=edge, x1=edge, y0=-0.5, y1=n - 0.5), dict(y0=edge, y1=edge, x0=-0.5, x1=n - 0.5)):
+        fig.add_shape(type="line", line=dict(color="#d62728", width=1.5, dash="dot"), **kw)
+    font = dict(size=9 if n <= 60 else 7)
+    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis=dict(tickvals=ticks, ticktext=labels, tickangle=-60, title="key", tickfont=font,
+                                 side="bottom", constrain="domain"),
+                      yaxis=dict(tickvals=ticks, ticktext=labels, autorange="reversed", title="query",
+                                 tickfont=font, scaleanchor="x"))
+    return fig
+
+
+def probability_bars(probabilities: dict[str, float], title: str = "Classifier probabilities") -> go.Figure:
+    names = list(probabilities)
+    fig = go.Figure(go.Bar(x=[probabilities[c] for c in names], y=[c.replace("_", " ") for c in names],
+                           orientation="h", marker_color=[COLORS.get(c, "#888") for c in names],
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis=dict(range=[0, 1]), yaxis=dict(autorange="reversed"), height=260,
+                      margin=MARGIN)
+    return fig
+
+
+def image_boxes(uri: str | None, width: int, height: int, boxes: np.ndarray, labels: list[str],
+                weights: np.ndarray | None = None, highlight: list[int] = (), truth: list[int] = (),
+                title: str = "", weight_name: str = "attention", figure_height: int = 560) -> go.Figure:
+    """The picture with its region boxes (pixels x1, y1, x2, y2); boxes shaded by `weights` (scaled to the
+    largest), `highlight` boxes drawn thick, ground-truth boxes dashed green."""
+    fig = go.Figure()
+    if uri:
+        fig.add_trace(go.Image(source=uri, hoverinfo="skip"))
+    k = len(boxes)
+    w = np.zeros(k) if weights is None else np.asarray(weights, float)
+    scaled = w / w.max() if w.max() > 0 else w
+    colors = sample_colorscale(MASS, list(np.clip(scaled, 0, 1))) if k else []
+    order = np.argsort(scaled)  # strongest drawn last, on top
+    for j in order:
+        x1, y1, x2, y2 = boxes[j]
+        shaded = weights is not None and scaled[j] > 0.02
+        line = colors[j] if weights is not None else "rgba(31, 119, 180, 0.8)"
+        fill = colors[j].replace("rgb(", "rgba(").replace(")", f", {0.45 * scaled[j]:.3f})") if shaded else None
+        fig.add_shape(type="rect", x0=x1, y0=y1, x1=x2, y1=y2, fillcolor=fill,
+                      line=dict(color="#000" if j in highlight else line, width=3 if j in highlight else 1.5))
+    for j in truth:
+        x1, y1, x2, y2 = boxes[j]
+        fig.add_shape(type="rect", x0=x1, y0=y1, x1=x2, y1=y2, line=dict(color="#2ca02c", width=3, dash="dash"))
+    if k:
+        centres = np.column_stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2])
+        text = [f"{labels[j]}<br>{weight_name} {w[j]:.3f}" if weights is not None else labels[j] for j in range(k)]
+        fig.add_trace(go.Scatter(x=centres[:, 0], y=centres[:, 1], mode="markers", text=text,
+                                 hovertemplate="%{text}<extra></extra>",
+                                 marker=dict(size=9, color=w, colorscale=MASS, showscale=weights is not None,
+                                             cmin=0, cmax=float(w.max()) if w.max() > 0 else 1,
+                                             line=dict(color="white", width=1),
+                                             colorbar=dict(title=weight_name, len=0.8, thickness=14))))
+    fig.update_layout(title=title, height=figure_height, margin=MARGIN, showlegend=False,
+                      xaxis=dict(range=[0, width], showgrid=False, zeroline=False, visible=False),
+                      yaxis=dict(range=[height, 0], showgrid=False, zeroline=False, visible=False,
+                                 scaleanchor="x"))
+    return fig
+
+
+def token_bars(tokens: list[str], weights: np.ndarray, title: str = "", highlight: list[int] = ()) -> go.Figure:
+    """Horizontal bars of one weight per text position, in sentence order."""
+    names = [f"{i}: {t}" for i, t in enumerate(tokens)]
+    colors = ["#2ca02c" if i in highlight else "#1f77b4" for i in range(len(tokens))]
+    fig = go.Figure(go.Bar(x=weights, y=names, orientation="h", marker_color=colors,
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_layout(title=title, yaxis=dict(autorange="reversed"), height=max(260, 18 * len(tokens) + 80),
+                      margin=MARGIN)
+    return fig
+
+
+def transport_heatmap(plan: np.ndarray, rows: list[str], columns: list[str], truth: dict[int, set[int]],
+                      title: str = "") -> go.Figure:
+    """Word x region transport plan; ground-truth (word, region) pairs marked with green squares."""
+    r, c = list(range(len(rows))), list(range(len(columns)))
+    hover = np.array([[f"{rows[i]} → {columns[j]}" for j in c] for i in r], dtype=object)
+    fig = go.Figure(go.Heatmap(z=plan, x=c, y=r, colorscale=MASS, zmin=0, customdata=hover,
+                               hovertemplate="%{customdata}<br>mass %{z:.4f}<extra></extra>",
+                               colorbar=dict(title="mass")))
+    pairs = [(i, j) for i, js in truth.items() for j in js if i < len(rows) and j < len(columns)]
+    if pairs:
+        fig.add_trace(go.Scatter(x=[j for _, j in pairs], y=[i for i, _ in pairs], mode="markers",
+                                 name="ground truth", hovertemplate="ground truth<extra></extra>",
+                                 marker=dict(symbol="square-open", size=11, color="#2ca02c", line=dict(width=2))))
+    fig.update_layout(title=title, height=max(380, 16 * len(rows) + 140), margin=MARGIN, showlegend=False,
+                      xaxis=dict(tickvals=c, ticktext=columns, tickangle=-60, title="region", tickfont=dict(size=9)),
+                      yaxis=dict(tickvals=r, ticktext=rows, autorange="reversed", title="text",
+                                 tickfont=dict(size=9)))
+    return fig
+
+
+def lines(table: pd.DataFrame, x: str, y: str, group: str | None = None, title: str = "", smooth: int = 1,
+          log_y: bool = False, y_title: str | None = None) -> go.Figure:
+    """Line chart per group, optionally smoothed by a centred rolling mean of `smooth` points."""
+    fig = go.Figure()
+    groups = table.groupby(group, sort=True) if group else [(y, table)]
+    for name, part in groups:
+        part = part.sort_values(x)
+        values = part[y].rolling(smooth, min_periods=1, center=True).mean() if smooth > 1 else part[y]
+        fig.add_scatter(x=part[x], y=values, mode="lines", name=str(name),
+                        hovertemplate=f"{name} · {x} %{{x}}: %{{y:.4g}}<extra></extra>")
+    fig.update_layout(title=title, height=340, margin=MARGIN, xaxis_title=x, yaxis_title=y_title or y,
+                      yaxis_type="log" if log_y else "linear", showlegend=bool(group))
+    return fig

@@ -1,0 +1,146 @@
+"""Widgets shared by the pages: the sidebar (model source, split, example), the head picker, and the
+`need_*` guards that show a clear message and stop the page when something is missing or broken.
+
+Shared choices live in st.session_state under fixed keys with persist_state="session", so switching pages
+keeps the run, split, example, layer and head. Widgets never get a default value argument: defaults are put
+into session state first, which keeps Streamlit from warning about two sources of truth.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from workbench import loaders, settings
+from workbench.loaders import LoadError, Loaded, Source
+
+KIND_LABELS = {"run": "Run folder", "official": "Official checkpoint"}
+# Plotly's mode bar covers chart titles in narrow columns; zoom by dragging and reset by double-click still work.
+CHART = {"displayModeBar": False}
+
+
+def _init(key: str, value) -> None:
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def current_source() -> Source:
+    if st.session_state.get("source_kind", "run") == "official":
+        return Source("official", st.session_state.get("ckpt_path", ""), st.session_state.get("ckpt_corpus", ""),
+                      st.session_state.get("ckpt_preset", "uniter-base"))
+    return Source("run", st.session_state.get("run_dir") or settings.default_run())
+
+
+def show(error: LoadError) -> None:
+    (st.info if error.missing else st.error)(str(error))
+
+
+def sidebar() -> None:
+    """Source, split and example; loads the model (cached) so that every page starts from the same state."""
+    _init("source_kind", "run")
+    _init("run_dir", settings.default_run())
+    _init("ckpt_path", "")
+    _init("ckpt_corpus", "data/official")
+    _init("ckpt_preset", "uniter-base")
+    with st.sidebar:
+        st.radio("Model source", list(KIND_LABELS), format_func=KIND_LABELS.get, key="source_kind",
+                 horizontal=True, persist_state="session")
+        if st.session_state["source_kind"] == "run":
+            runs = list(dict.fromkeys([st.session_state["run_dir"], *settings.find_runs()]))
+            st.selectbox("Run folder", runs, key="run_dir", persist_state="session", accept_new_options=True,
+                         help="A folder written by `python -m uniter_core.train` (default: the demo run); pick one "
+                              "found under runs/ or type a path.")
+        else:
+            st.text_input("Checkpoint (.pt)", key="ckpt_path", persist_state="session",
+                          help="An official UNITER checkpoint, e.g. uniter-base.pt")
+            st.text_input("Corpus folder", key="ckpt_corpus", persist_state="session",
+                          help="Feature store + captions whose features fit the checkpoint, e.g. converted with "
+                               "`python -m uniter_core.data.official_db`.")
+            st.selectbox("Preset", loaders.PRESETS, key="ckpt_preset", persist_state="session")
+        try:
+            loaded = loaders.load(current_source())
+        except LoadError as error:
+            st.caption(("No model yet" if error.missing else "The model cannot be loaded") + " (see the page).")
+            return
+        _example_picker(loaded)
+
+
+def _example_picker(loaded: Loaded) -> None:
+    splits = loaders.splits(loaded.corpus)
+    if not splits:
+        st.caption(f"{loaded.corpus} holds no txt_db/*.jsonl split.")
+        return
+    if st.session_state.get("split") not in splits:
+        st.session_state["split"] = splits[0]
+    st.selectbox("Split", splits, key="split", persist_state="session")
+    try:
+        texts = loaders.get_dataset(loaded, st.session_state["split"]).texts
+    except LoadError as error:
+        st.caption(str(error))
+        return
+    if not texts:
+        return
+    if not 0 <= st.session_state.get("example", -1) < len(texts):
+        st.session_state["example"] = 0
+    st.selectbox("Example", range(len(texts)), key="example", persist_state="session",
+                 format_func=lambda i: f"{i}: {texts[i].get('caption', texts[i].get('text_id', ''))}"[:90])
+    st.caption(f"{loaded.layers} layers × {loaded.heads} heads · {len(texts)} examples · "
+               f"corpus `{loaded.corpus}`")
+
+
+# ------------------------------------------------------------------------------------------ guards
+def need_model() -> Loaded:
+    try:
+        return loaders.load(current_source())
+    except LoadError as error:
+        show(error)
+        st.stop()
+
+
+def need_example() -> tuple[Loaded, str, int]:
+    """(model, split, example index) chosen in the sidebar; stops the page with a message when unavailable."""
+    loaded = need_model()
+    split, index = st.session_state.get("split"), st.session_state.get("example")
+    if split is None or index is None:
+        st.error(f"`{loaded.corpus}` has no readable split with examples.")
+        st.stop()
+    return loaded, split, int(index)
+
+
+def guarded(what: str, function, *args):
+    """function(*args), or a clear message and a stopped page when it fails."""
+    try:
+        return function(*args)
+    except LoadError as error:
+        show(error)
+    except Exception as error:  # a page must never show a traceback
+        st.error(f"{what} failed: {type(error).__name__}: {error}")
+    st.stop()
+
+
+# ------------------------------------------------------------------------------------------ head picker
+def _step(key: str, delta: int, size: int) -> None:
+    st.session_state[key] = (int(st.session_state.get(key, 0)) + delta) % size
+
+
+def head_picker(loaded: Loaded, allow_mean: bool = False) -> tuple[int, int | None]:
+    """Layer and head selects with previous/next buttons (mouse only). With allow_mean the head may be
+    'mean' (None): the average over the layer's heads."""
+    _init("layer", 0)
+    _init("head", 0)
+    for key, size in (("layer", loaded.layers), ("head", loaded.heads)):
+        if not isinstance(st.session_state[key], int) or not 0 <= st.session_state[key] < size:
+            st.session_state[key] = 0
+    _init("head_mean", False)
+    cols = st.columns([3, 1, 1, 3, 1, 1, 2], vertical_alignment="bottom")
+    cols[0].selectbox("Layer", range(loaded.layers), key="layer", persist_state="session")
+    cols[1].button("◀", key="layer_prev", help="previous layer", on_click=_step, args=("layer", -1, loaded.layers))
+    cols[2].button("▶", key="layer_next", help="next layer", on_click=_step, args=("layer", 1, loaded.layers))
+    mean = allow_mean and st.session_state["head_mean"]
+    cols[3].selectbox("Head", range(loaded.heads), key="head", persist_state="session", disabled=mean)
+    cols[4].button("◀", key="head_prev", help="previous head", on_click=_step, args=("head", -1, loaded.heads),
+                   disabled=mean)
+    cols[5].button("▶", key="head_next", help="next head", on_click=_step, args=("head", 1, loaded.heads),
+                   disabled=mean)
+    if allow_mean:
+        cols[6].toggle("layer mean", key="head_mean", persist_state="session",
+                       help="average the attention over all heads of the layer")
+    return int(st.session_state["layer"]), None if mean else int(st.session_state["head"])

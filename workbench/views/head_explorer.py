@@ -1,0 +1,34 @@
+"""Head explorer: one (example, layer, head) attention map with its predicted pattern and statistics."""
+import streamlit as st
+
+from analyses.patterns import HEAD_STATS, PATTERNS
+from workbench import loaders, plots, ui
+
+st.title("Head explorer")
+loaded, split, index = ui.need_example()
+layer, head = ui.head_picker(loaded)
+
+example = ui.guarded("Extracting the attention maps", loaders.example, loaded, split, index)
+table = ui.guarded("Classifying the attention maps", loaders.example_table, loaded, split, index)
+layout = example.layout
+row = table[(table["layer"] == layer) & (table["head"] == head)].iloc[0]
+
+st.markdown(f"**Example {index}** ({layout.text_id}): {' '.join(layout.tokens[1:-1])}")
+left, right = st.columns([3, 1])
+with left:
+    st.plotly_chart(plots.attention_heatmap(example.maps[layer, head], layout.labels(), layout.n_text,
+                                            f"Layer {layer}, head {head}: rows = queries, columns = keys"),
+                    key="head_heatmap", config=ui.CHART)
+with right:
+    pattern = row["pattern"]
+    st.metric("Predicted pattern", pattern.replace("_", " "), f"p = {row[f'p_{pattern}']:.2f}",
+              delta_color="off", delta_arrow="off")
+    st.plotly_chart(plots.probability_bars({c: float(row[f"p_{c}"]) for c in PATTERNS}), key="head_probs",
+                    config=ui.CHART)
+    st.markdown("**Head statistics** (this map)")
+    st.dataframe([{"statistic": name, "value": round(float(row[name]), 4)} for name in HEAD_STATS],
+                 hide_index=True)
+with st.expander("What the statistics mean"):
+    st.markdown("\n".join(f"- **{name}**: {doc}" for name, doc in HEAD_STATS.items()))
+st.caption(f"{layout.n_text} text positions ([CLS], word-pieces, [SEP]) and {layout.n_regions} regions "
+           f"(detector class #box index); the dotted lines separate text from regions.")

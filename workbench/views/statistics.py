@@ -1,0 +1,129 @@
+"""Statistics: the tables and figures written by analyses.export_stats, filtered and downloadable."""
+import contextlib
+import io
+import json
+import shlex
+from pathlib import Path
+
+import streamlit as st
+
+from analyses import export_stats, figures
+from analyses.patterns import PATTERNS
+from workbench import loaders, settings, ui
+
+MIME = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json",
+        "png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+
+
+def export_command(source, split: str, out: Path) -> list[str]:
+    if source.kind == "run":
+        where = ["--run", source.path]
+    else:
+        where = ["--checkpoint", source.path, "--corpus", source.corpus, "--preset", source.preset]
+    return ["python", "-m", "analyses.export_stats", *where, "--split", split, "--out", f"{out}/"]
+
+
+@st.cache_data(max_entries=24, show_spinner=False)
+def figure_bytes(folder: str, name: str, fmt: str, stamp: float) -> bytes:
+    """The exported figure file, or the same figure drawn from the exported tables when that format is missing."""
+    path = Path(folder) / "figures" / f"{name}.{fmt}"
+    if path.exists():
+        return path.read_bytes()
+    tables = {t: loaders.stats_table(Path(folder), t) for t in ("layers", "heads")}
+    return figures.render(name, tables["layers"], tables["heads"], fmt)
+
+
+def run_export(command: list[str]) -> None:
+    output = io.StringIO()
+    with st.spinner("Exporting the statistics…"), contextlib.redirect_stdout(output), \
+            contextlib.redirect_stderr(output):
+        try:
+            code = export_stats.main(command[3:])
+        except SystemExit as exit_:
+            code = exit_.code
+        except Exception as error:  # shown, never raised: the page must not end in a traceback
+            output.write(f"{type(error).__name__}: {error}")
+            code = 1
+    (st.success if code == 0 else st.error)(output.getvalue().strip() or f"export_stats exited with {code}")
+
+
+st.title("Statistics")
+source = ui.current_source()
+split = st.session_state.get("split") or "test"
+default = settings.stats_root() / source.name
+st.session_state.setdefault("stats_dir", "")
+typed = st.text_input("Statistics folder", key="stats_dir", placeholder=str(default), persist_state="session",
+                      help="A folder written by `python -m analyses.export_stats` (default: stats/<run name>).")
+folder = settings.resolve(typed) if typed.strip() else default
+command = export_command(source, split, Path(typed.strip() or default))
+
+if not (folder / "columns.json").exists():
+    if source.kind == "run" and not settings.resolve(source.path).exists():
+        st.info(loaders.missing_run_message(source.path) + f" No exported statistics in `{folder}` either.")
+        st.stop()
+    st.info(f"No exported statistics in `{folder}` yet. Produce them with:")
+    st.code(shlex.join(command), language="bash")
+    cols = st.columns([2, 1, 3], vertical_alignment="bottom")
+    limit = cols[0].number_input("…or export here, for the first N examples (0 = all)", min_value=0, value=0,
+                                 step=50, key="export_limit")
+    if cols[1].button("Export now", key="export_now", type="primary"):
+        extra = ["--no-progress"] + (["--max-examples", str(limit)] if limit else [])
+        if settings.classifier_path():
+            extra += ["--model", str(settings.classifier_path())]
+        run_export(command + extra)
+        if (folder / "columns.json").exists():
+            st.rerun()
+    st.stop()
+
+try:
+    sidecar = json.loads((folder / "columns.json").read_text(encoding="utf-8"))
+except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+    st.error(f"`{folder / 'columns.json'}` cannot be read ({error}); export the statistics again:")
+    st.code(shlex.join(command), language="bash")
+    st.stop()
+source_info = sidecar.get("source", {}) if isinstance(sidecar, dict) else {}
+st.caption(" · ".join(f"{k}: {v}" for k, v in source_info.items() if v not in (None, "")))
+
+name = st.radio("Table", ("heads", "layers", "examples"), horizontal=True, key="stats_table",
+                format_func={"heads": "per head", "layers": "per layer", "examples": "per map"}.get)
+table = ui.guarded("Reading the table", loaders.stats_table, folder, name)
+pattern_column = "pattern" if name == "examples" else "dominant_pattern"
+cols = st.columns(3)
+layers = cols[0].multiselect("Layer", sorted(table["layer"].unique()), key=f"stats_layers_{name}",
+                              placeholder="all")
+heads = cols[1].multiselect("Head", sorted(table["head"].unique()) if "head" in table else [],
+                            key=f"stats_heads_{name}", placeholder="all", disabled="head" not in table)
+patterns = cols[2].multiselect("Pattern", PATTERNS, key=f"stats_patterns_{name}", placeholder="all",
+                               format_func=lambda p: p.replace("_", " "))
+view = table
+if layers:
+    view = view[view["layer"].isin(layers)]
+if heads and "head" in view:
+    view = view[view["head"].isin(heads)]
+if patterns:
+    view = view[view[pattern_column].isin(patterns)]
+st.dataframe(view, hide_index=True, height=320)
+st.caption(f"{len(view)} of {len(table)} rows")
+
+data = {"csv": view.to_csv(index=False).encode(), "parquet": view.to_parquet(index=False),
+        "json": view.to_json(orient="records", indent=1).encode()}
+cols = st.columns(6)
+for col, (fmt, payload) in zip(cols, data.items()):
+    col.download_button(f"{fmt.upper()}", payload, file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"dl_{fmt}",
+                        icon=":material/download:")
+with st.expander("What the columns mean"):
+    docs = sidecar.get("tables", {}).get(name, {}).get("columns", {}) if isinstance(sidecar, dict) else {}
+    st.dataframe([{"column": c, "dtype": d.get("dtype"), "meaning": d.get("description")} for c, d in docs.items()],
+                 hide_index=True)
+
+st.subheader("Figures")
+stamp = (folder / "columns.json").stat().st_mtime
+for figure_name in figures.FIGURES:
+    left, right = st.columns([4, 1], vertical_alignment="center")
+    png = ui.guarded("Drawing the figure", figure_bytes, str(folder), figure_name, "png", stamp)
+    left.image(png, caption=figure_name.replace("_", " "), width=640)
+    for fmt in ("png", "svg", "pdf"):
+        payload = png if fmt == "png" else ui.guarded("Drawing the figure", figure_bytes, str(folder), figure_name,
+                                                      fmt, stamp)
+        right.download_button(fmt.upper(), payload, file_name=f"{figure_name}.{fmt}", mime=MIME[fmt],
+                              key=f"fig_{figure_name}_{fmt}", icon=":material/download:")
