@@ -17,7 +17,7 @@ import functools
 import numpy as np
 from scipy.special import entr
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 # The six classes of DESIGN.md section 5 (UNITER paper, after Kovaleva et al. 2019), in a fixed order.
 PATTERNS = ("vertical", "diagonal", "vertical_diagonal", "block", "heterogeneous", "reversed_block")
@@ -38,6 +38,16 @@ SCALAR_FEATURES = {
     "entropy": "mean row entropy divided by log(n): 0 = every row on one key, 1 = every row uniform",
     "max_col": "mean attention received by the most-attended key: max over keys of the column's row mean",
     "text_share": "n_text / n, the share of positions that are text (what a uniform map's tt/rt would be)",
+    "special_text": "mean over text query rows of the mass on [CLS] + [SEP]",
+    "special_region": "mean over region query rows of the mass on [CLS] + [SEP]",
+    "max_col_text": "as max_col, over text query rows only (a stripe that text rows share)",
+    "max_col_region": "as max_col, over region query rows only (a stripe that region rows share)",
+    "top3_cols": "share of all mass on the three most-attended keys (a few vertical stripes -> near 1)",
+    "top3_cols_text": "as top3_cols, over text query rows only",
+    "top3_cols_region": "as top3_cols, over region query rows only (region rows on a few columns vs spread)",
+    "row_max": "mean over query rows of the row's largest weight (sharp rows -> 1, diffuse rows -> 1/n)",
+    "entropy_text": "as entropy, over text query rows only",
+    "entropy_region": "as entropy, over region query rows only",
 }
 THUMB_FEATURES = [f"{q}_{a}{b}" for q in QUADRANTS for a in range(THUMB) for b in range(THUMB)]
 FEATURE_NAMES = list(SCALAR_FEATURES) + THUMB_FEATURES
@@ -107,14 +117,24 @@ def scalar_features(maps: np.ndarray, n_text: int, n_regions: int) -> dict[str, 
     text_mass = maps[:, :, :t].sum(-1)  # [K, n] per query row
     region_mass = maps[:, :, t:].sum(-1)
     band = (maps * _band(n)).sum(-1)
+    special = maps[:, :, 0] + maps[:, :, t - 1]  # [K, n] mass on [CLS] + [SEP] per query row
+    row_entropy = entr(maps).sum(-1) / np.log(n)  # [K, n]
+    column_mass = maps.mean(1)  # [K, n] attention received per key
     return {
         "tt": text_mass[:, :t].mean(1), "tr": region_mass[:, :t].mean(1),
         "rt": text_mass[:, t:].mean(1), "rr": region_mass[:, t:].mean(1),
         "cls": maps[:, :, 0].mean(1), "sep": maps[:, :, t - 1].mean(1),
         "diag": band.mean(1), "diag_text": band[:, :t].mean(1), "diag_region": band[:, t:].mean(1),
-        "entropy": entr(maps).sum(-1).mean(1) / np.log(n),
-        "max_col": maps.mean(1).max(-1),
+        "entropy": row_entropy.mean(1),
+        "max_col": column_mass.max(-1),
         "text_share": np.full(k, t / n, dtype=np.float32),
+        "special_text": special[:, :t].mean(1), "special_region": special[:, t:].mean(1),
+        "max_col_text": maps[:, :t].mean(1).max(-1), "max_col_region": maps[:, t:].mean(1).max(-1),
+        "top3_cols": np.sort(column_mass, axis=-1)[:, -3:].sum(-1),
+        "top3_cols_text": np.sort(maps[:, :t].mean(1), axis=-1)[:, -3:].sum(-1),
+        "top3_cols_region": np.sort(maps[:, t:].mean(1), axis=-1)[:, -3:].sum(-1),
+        "row_max": maps.max(-1).mean(1),
+        "entropy_text": row_entropy[:, :t].mean(1), "entropy_region": row_entropy[:, t:].mean(1),
         "mi_text": maps[:, 0, :t].sum(-1), "mi_region": maps[:, 0, t:].sum(-1),
     }
 

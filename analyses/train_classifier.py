@@ -2,8 +2,13 @@
 
     python -m analyses.train_classifier [--gold-dir analyses/gold] [--out analyses/models/head_classifier.joblib]
 
-Training data: synthetic maps (analyses.synthetic), plus the training part of the gold set when one exists.
-Evaluation: the held-out part of the gold set; without a gold set, a held-out synthetic stream (another seed),
+Training data: synthetic maps (analyses.synthetic), plus the gold set when one exists.
+Evaluation on the gold set by K-fold cross-validation (--gold-folds, default 5): K models, each trained on the
+synthetic maps and K-1 folds of the gold set, predict the fold they never saw, so every gold map is scored
+held-out; the saved model is then trained on the synthetic maps and the whole gold set. With --gold-folds 1 a
+single stratified split is used instead (--gold-test-fraction held out, the saved model trained on the rest),
+and --gold-folds 0 trains on everything without a gold evaluation (what the automatic first-use training does).
+Without a gold set: a held-out synthetic stream (another seed),
 which the report says plainly: such numbers show the classifier learned the generator, not that it is right
 on real heads. The rule baseline (analyses.rules) is scored on the same maps. Writes OUT, OUT's .json
 metadata, and OUT with suffixes .eval.json / .eval.md.
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from analyses.classifier import DEFAULT_MODEL, fit
 from analyses.mapfile import MapFileError, read_maps
@@ -76,9 +81,23 @@ def scores(truth: np.ndarray, predicted: np.ndarray) -> dict:
             "confusion": confusion_matrix(truth, predicted, labels=list(PATTERNS)).tolist()}
 
 
-def evaluate(classifier, x: np.ndarray, y: np.ndarray, description: str) -> dict:
+def evaluate(classifier, x: np.ndarray, y: np.ndarray, description: str, predicted=None) -> dict:
+    """Classifier (or given held-out `predicted` labels) and rule baseline scored on the same maps."""
+    predicted = classifier.predict(x) if predicted is None else predicted
     return {"description": description, "n": int(len(y)),
-            "classifier": scores(y, classifier.predict(x)), "rules": scores(y, rule_predict(x))}
+            "classifier": scores(y, predicted), "rules": scores(y, rule_predict(x))}
+
+
+def cross_validated_predictions(x, y, w, gx, gy, args) -> np.ndarray:
+    """Out-of-fold predictions of the gold maps: fold k is predicted by a model trained without it."""
+    folds = StratifiedKFold(n_splits=args.gold_folds, shuffle=True, random_state=args.seed)
+    predicted = np.empty(len(gy), dtype=object)
+    for train, test in folds.split(gx, gy):
+        model = fit(np.concatenate([x, gx[train]]), np.concatenate([y, gy[train]]),
+                    sample_weight=np.concatenate([w, np.full(len(train), args.gold_weight)]), seed=args.seed,
+                    max_iter=args.max_iter)
+        predicted[test] = model.predict(gx[test])
+    return predicted.astype(str)
 
 
 def markdown(report: dict) -> str:
@@ -111,15 +130,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--n-synthetic", type=int, default=6000, help="synthetic training maps (default 6000)")
     p.add_argument("--n-test", type=int, default=1800, help="held-out synthetic maps (default 1800)")
+    p.add_argument("--gold-folds", type=int, default=5,
+                   help="cross-validation folds over the gold set (1: one split, see --gold-test-fraction; "
+                        "0: no gold evaluation, train on all of it)")
     p.add_argument("--gold-test-fraction", type=float, default=0.5,
-                   help="share of the gold set held out for evaluation (1: train on synthetic maps only)")
-    p.add_argument("--gold-weight", type=float, default=5.0, help="sample weight of a gold map in training")
+                   help="with --gold-folds 1: share of the gold set held out (1: train on synthetic maps only)")
+    p.add_argument("--gold-weight", type=float, default=20.0, help="sample weight of a gold map in training")
     p.add_argument("--max-iter", type=int, default=100, help="boosting iterations")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.gold_dir, args.out = Path(shown(args.gold_dir)), Path(shown(args.out))
     if not 0 < args.gold_test_fraction <= 1:
         p.error("--gold-test-fraction must lie in (0, 1]")
+    if args.gold_folds < 0 or args.gold_folds > 20:
+        p.error("--gold-folds must lie in 0..20")
     if args.n_synthetic < 60 or args.n_test < 6:
         p.error("--n-synthetic must be at least 60 and --n-test at least 6")
     return args
@@ -138,9 +162,22 @@ def main(argv=None) -> int:
     training = {"synthetic": {"n": args.n_synthetic, "seed": args.seed, "sharpness": "mixed"}}
     description = f"{args.n_synthetic} synthetic maps (seed {args.seed}, sharp and diffuse)"
     evaluations = []
+    cv_predicted = None
     if gold is not None:
         gx, gy = gold
-        if args.gold_test_fraction < 1:
+        counts = pd.Series(gy).value_counts()
+        if args.gold_folds >= 2 and counts.min() < args.gold_folds:
+            print(f"error: {args.gold_dir}/labels.csv: class {counts.idxmin()!r} has {counts.min()} maps, fewer than "
+                  f"--gold-folds {args.gold_folds}", file=sys.stderr)
+            return 2
+        if args.gold_folds >= 2 or args.gold_folds == 0:
+            if args.gold_folds >= 2:
+                cv_predicted = cross_validated_predictions(x, y, weights, gx, gy, args)
+            gx_test, gy_test = gx, gy
+            x, y = np.concatenate([x, gx]), np.concatenate([y, gy])
+            weights = np.concatenate([weights, np.full(len(gy), args.gold_weight)])
+            description += f" + all {len(gy)} gold maps from {args.gold_dir} (weight {args.gold_weight})"
+        elif args.gold_test_fraction < 1:
             counts = pd.Series(gy).value_counts()
             stratify = gy if counts.min() >= 2 else None
             gx_train, gx_test, gy_train, gy_test = train_test_split(
@@ -150,14 +187,21 @@ def main(argv=None) -> int:
             description += f" + {len(gy_train)} gold maps from {args.gold_dir} (weight {args.gold_weight})"
         else:
             gx_test, gy_test = gx, gy
-        training["gold"] = {"dir": str(args.gold_dir), "n_total": int(len(gy)), "n_train": int(len(gy) - len(gy_test)),
-                            "test_fraction": args.gold_test_fraction, "weight": args.gold_weight}
+        n_train = len(gy) if args.gold_folds != 1 else len(gy) - len(gy_test)
+        training["gold"] = {"dir": str(args.gold_dir), "n_total": int(len(gy)), "n_train": int(n_train),
+                            "folds": args.gold_folds, "weight": args.gold_weight,
+                            "test_fraction": args.gold_test_fraction if args.gold_folds == 1 else None}
     training["description"] = description
     classifier = fit(x, y, sample_weight=weights, seed=args.seed, max_iter=args.max_iter, training=training)
-    if gold is not None:
+    note = ""
+    if gold is not None and cv_predicted is not None:
+        evaluations.append(evaluate(None, gx_test, gy_test, f"held-out gold maps from {args.gold_dir}, "
+                                    f"{args.gold_folds}-fold cross-validation", predicted=cv_predicted))
+    elif gold is not None and args.gold_folds == 1:
         evaluations.append(evaluate(classifier, gx_test, gy_test, f"held-out gold maps from {args.gold_dir}"))
-        note = ""
-    else:
+    elif gold is not None:
+        note = f"Trained on all of {args.gold_dir} without a gold evaluation (--gold-folds 0)."
+    if gold is None:
         note = (f"No gold set at {args.gold_dir}: trained on synthetic maps only and evaluated on a held-out "
                 f"synthetic split. These numbers show how well the classifier learned the generator, not how "
                 f"well it labels real attention heads.")

@@ -115,12 +115,22 @@ def test_train_classifier_synthetic_only_and_with_gold(tmp_path, capsys):
     records, labels = sharp_records(24, seed=4)
     write_maps(gold / "maps.npz", records)
     pd.DataFrame({"index": range(24), "label": labels, "labeller": "test"}).to_csv(gold / "labels.csv", index=False)
-    code, captured = run(train_classifier, ["--gold-dir", gold, "--out", out, *small], capsys)
+    code, captured = run(train_classifier, ["--gold-dir", gold, "--out", out, *small, "--gold-folds", 1], capsys)
     assert code == 0
     report = json.loads(out.with_suffix(".eval.json").read_text())
     assert report["note"] == "" and "gold" in report["evaluations"][0]["description"]
     assert report["evaluations"][0]["n"] == 12 and report["training"]["gold"]["n_train"] == 12
     assert report["metadata"]["n_train"] == 132
+
+    # cross-validation: every gold map is scored by a model that did not see it; the saved model sees them all
+    code, captured = run(train_classifier, ["--gold-dir", gold, "--out", out, *small, "--gold-folds", 3], capsys)
+    assert code == 0, captured.err
+    report = json.loads(out.with_suffix(".eval.json").read_text())
+    first = report["evaluations"][0]
+    assert "3-fold cross-validation" in first["description"] and first["n"] == 24
+    assert sum(map(sum, first["classifier"]["confusion"])) == 24 and report["metadata"]["n_train"] == 144
+    code, captured = run(train_classifier, ["--gold-dir", gold, "--out", out, *small, "--gold-folds", 5], capsys)
+    assert code == 2 and "fewer than --gold-folds 5" in captured.err
 
     pd.DataFrame({"index": [0], "label": ["diagonalish"]}).to_csv(gold / "labels.csv", index=False)
     code, captured = run(train_classifier, ["--gold-dir", gold, "--out", out, *small], capsys)
@@ -195,3 +205,32 @@ def test_gold_format_round_trip(tmp_path):
     back = read_maps(tmp_path / "maps.npz")
     assert [(r.index, r.n_text, r.n_regions) for r in back] == [(r.index, r.n_text, r.n_regions) for r in records]
     np.testing.assert_array_equal(back[1].map, records[1].map)
+
+
+# ------------------------------------------------------------------------------------------- gold-set tools
+def test_gold_sample_sheets_and_finish(tiny_run, model_path, tmp_path, capsys):
+    from analyses import gold
+    out = tmp_path / "gold"
+    code, captured = run(gold, ["sample", "--run", tiny_run, "--split", "test", "--n", 12, "--max-examples", 3,
+                                "--model", model_path, "--out", out], capsys)
+    assert code == 0, captured.err
+    candidates = read_maps(out / "candidates.npz")
+    provenance = pd.read_csv(out / "candidates.csv")
+    assert len(candidates) == len(provenance) == 12 and list(provenance["index"]) == list(range(12))
+    assert not provenance.duplicated(["example", "layer", "head"]).any()
+    assert "label" not in provenance.columns  # the classifier's suggestion is never written down
+    for record, row in zip(candidates, provenance.itertuples()):
+        assert (record.n_text, record.n_regions) == (row.n_text, row.n_regions)
+    code, captured = run(gold, ["sheets", "--maps", out / "candidates.npz", "--out", tmp_path / "sheets"], capsys)
+    assert code == 0 and sorted(p.name for p in (tmp_path / "sheets").iterdir()) == ["sheet_00.png"]
+    labels = provenance.head(4).assign(label=["block", "vertical", "skip", "block"])
+    labels.to_csv(out / "labels.csv", index=False)
+    code, captured = run(gold, ["finish", "--gold", out], capsys)
+    assert code == 0, captured.err
+    assert [r.index for r in read_maps(out / "maps.npz")] == [0, 1, 2, 3]
+    assert sorted(p.name for p in (out / "examples").iterdir()) == ["block.png", "vertical.png"]
+    x, y = train_classifier.load_gold(out)
+    assert sorted(y) == ["block", "block", "vertical"]  # skip is kept in the file but not trained on
+    labels.assign(label=["block", "vertical", "skip", "blocky"]).to_csv(out / "labels.csv", index=False)
+    code, captured = run(gold, ["finish", "--gold", out], capsys)
+    assert code == 2 and "label 'blocky' is not one of" in captured.err

@@ -1,0 +1,207 @@
+"""Making the hand-labelled gold set: sample real maps from a trained run, render them as contact sheets, label.
+
+    python -m analyses.gold sample --run runs/pretrain-mini --split val --n 240 --out analyses/gold
+    python -m analyses.gold sheets --maps analyses/gold/candidates.npz --out /tmp/sheets   # look at them
+    # ... write analyses/gold/labels.csv (index,label[,provenance]) by eye, see analyses/gold/GUIDE.md ...
+    python -m analyses.gold finish --gold analyses/gold        # keep the labelled maps, render the guide
+
+`sample` streams the split through the model, and picks maps spread evenly over the classes that the current
+classifier predicts and over layers, so that rare patterns are shown at all; the suggestion is used only to
+choose maps and is never written down, so the labels are made by looking, not by the rules or the classifier.
+`sheets` draws numbered maps with the text/region boundary marked. `finish` drops unlabelled candidates into
+`maps.npz` and renders one example picture per class for the labelling guide.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
+from analyses.patterns import PATTERNS
+from uniter_core.io import atomic_path
+
+LABELS = PATTERNS + ("skip",)
+PROVENANCE = ("index", "run", "split", "example", "layer", "head", "n_text", "n_regions")
+
+
+def sample_maps(run: Path, split: str, n: int, max_examples: int, seed: int = 0, model_path: Path | None = None,
+                progress: bool = True, first_index: int = 0) -> tuple[list, list[dict]]:
+    """(records, provenance rows) of n maps from the first max_examples examples of the split, balanced over the
+    classifier's suggested classes and the layers (round robin), at most one map per (example, layer, head)."""
+    from analyses.attention import iter_example_attention, load_run
+    from analyses.classifier import load_classifier
+    from analyses.patterns import map_features
+
+    model, corpus, _ = load_run(run)
+    classifier = load_classifier(model_path)
+    pools: dict[tuple[str, int], list] = {}
+    for ex in iter_example_attention(model, corpus, split, max_examples=max_examples, progress=progress):
+        layers, heads, n_pos, _ = ex.maps.shape
+        flat = ex.maps.reshape(layers * heads, n_pos, n_pos)
+        suggested = classifier.predict(map_features(flat, ex.layout.n_text, ex.layout.n_regions))
+        for k, label in enumerate(suggested):
+            pools.setdefault((label, k // heads), []).append((ex.layout, k // heads, k % heads, flat[k].copy()))
+    rng = np.random.default_rng(seed)
+    for pool in pools.values():
+        rng.shuffle(pool)
+    order = sorted(pools, key=lambda key: (PATTERNS.index(key[0]), key[1]))
+    records, rows = [], []
+    while len(records) < n and any(pools[key] for key in order):
+        for key in order:
+            if pools[key] and len(records) < n:
+                layout, layer, head, m = pools[key].pop()
+                i = len(records)
+                records.append(MapRecord(i, m, layout.n_text, layout.n_regions))
+                rows.append({"index": i, "run": str(run), "split": split, "example": layout.example,
+                             "layer": layer, "head": head, "n_text": layout.n_text, "n_regions": layout.n_regions})
+    # present them shuffled, so that neighbours on a sheet do not share a suggested class; numbered after
+    # the maps the gold folder already holds (e.g. labelled in the workbench), so indices never collide
+    permutation = rng.permutation(len(records))
+    records = [MapRecord(first_index + new, records[old].map, records[old].n_text, records[old].n_regions)
+               for new, old in enumerate(permutation)]
+    rows = [{**rows[old], "index": first_index + new} for new, old in enumerate(permutation)]
+    return records, rows
+
+
+def next_free_index(gold: Path) -> int:
+    """One past the largest map index used in the gold folder's maps.npz and labels.csv (0 when empty)."""
+    used = [r.index for r in read_maps(gold / "maps.npz")] if (gold / "maps.npz").exists() else []
+    if (gold / "labels.csv").exists():
+        used += list(read_labels(gold / "labels.csv"))
+    return max(used, default=-1) + 1
+
+
+def draw_map(ax, record: MapRecord, title: str) -> None:
+    """One map: colour scaled to its 99th percentile so that weak structure shows, boundary lines after [SEP]."""
+    m = record.map
+    vmax = max(float(np.quantile(m, 0.99)), 1e-6)
+    ax.imshow(m, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+    edge = record.n_text - 0.5
+    for line in (ax.axhline, ax.axvline):
+        line(edge, color="red", linewidth=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def render_sheets(records: list[MapRecord], out: Path, titles: dict[int, str] | None = None,
+                  per_sheet: int = 20, columns: int = 5) -> list[Path]:
+    """PNG contact sheets of the maps (rows = queries, columns = keys), numbered by map index."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for start in range(0, len(records), per_sheet):
+        chunk = records[start:start + per_sheet]
+        rows = -(-len(chunk) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.1 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, record in zip(axes.flat, chunk):
+            ax.axis("on")
+            label = (titles or {}).get(record.index, "")
+            draw_map(ax, record, f"#{record.index} t{record.n_text} r{record.n_regions} {label}".strip())
+        fig.tight_layout()
+        path = out / f"sheet_{start // per_sheet:02d}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=72)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def read_labels(path: Path) -> dict[int, dict]:
+    """labels.csv rows by index; every label must be one of LABELS."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    rows = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            if row.get("index") in (None, "") or row.get("label") in (None, ""):
+                raise ValueError(f"{path}, line {line}: needs an index and a label")
+            if row["label"] not in LABELS:
+                raise ValueError(f"{path}, line {line}: label {row['label']!r} is not one of {', '.join(LABELS)}")
+            rows[int(row["index"])] = row
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def finish(gold: Path) -> dict[str, int]:
+    """maps.npz = every labelled map, from candidates.npz or already in maps.npz (maps labelled in the
+    workbench go straight there); examples/<class>.png = a few maps of each class for the guide."""
+    candidates = {}
+    for name in ("maps.npz", "candidates.npz"):
+        if (gold / name).exists():
+            candidates.update({r.index: r for r in read_maps(gold / name)})
+    labels = read_labels(gold / "labels.csv")
+    missing = sorted(set(labels) - set(candidates))
+    if missing:
+        raise ValueError(f"{gold / 'labels.csv'}: index {missing[0]} is in neither candidates.npz nor maps.npz")
+    records = [candidates[i] for i in sorted(labels)]
+    write_maps(gold / "maps.npz", records, dtype=np.float16)
+    counts = {label: 0 for label in LABELS}
+    for row in labels.values():
+        counts[row["label"]] += 1
+    for label in PATTERNS:
+        chosen = [candidates[i] for i in sorted(labels) if labels[i]["label"] == label][:5]
+        if chosen:
+            sheet = render_sheets(chosen, gold / "examples", {r.index: label for r in chosen}, per_sheet=5)[0]
+            sheet.replace(gold / "examples" / f"{label}.png")
+    return counts
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sample", help="pick candidate maps from a run")
+    s.add_argument("--run", required=True, type=Path)
+    s.add_argument("--split", default="val")
+    s.add_argument("--n", type=int, default=240)
+    s.add_argument("--max-examples", type=int, default=60)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--model", type=Path, help="classifier that suggests classes for balancing (default: the default)")
+    s.add_argument("--out", required=True, type=Path)
+    r = sub.add_parser("sheets", help="render contact sheets of a maps file")
+    r.add_argument("--maps", required=True, type=Path)
+    r.add_argument("--labels", type=Path, help="optional labels.csv: show each map's label in its title")
+    r.add_argument("--out", required=True, type=Path)
+    f = sub.add_parser("finish", help="write maps.npz of the labelled candidates and the guide's pictures")
+    f.add_argument("--gold", required=True, type=Path)
+    args = p.parse_args(argv)
+    try:
+        if args.command == "sample":
+            records, rows = sample_maps(args.run, args.split, args.n, args.max_examples, args.seed, args.model,
+                                        first_index=next_free_index(args.out))
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_maps(args.out / "candidates.npz", records)
+            write_csv(args.out / "candidates.csv", rows, list(PROVENANCE))
+            print(f"{len(records)} candidate maps in {args.out / 'candidates.npz'}")
+        elif args.command == "sheets":
+            records = read_maps(args.maps)
+            titles = ({i: row["label"] for i, row in read_labels(args.labels).items()} if args.labels else None)
+            paths = render_sheets(records, args.out, titles)
+            print(f"{len(paths)} sheets in {args.out}")
+        else:
+            counts = finish(args.gold)
+            print(f"{args.gold / 'maps.npz'}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    except (FileNotFoundError, ValueError, MapFileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
