@@ -234,3 +234,13 @@ def test_gold_sample_sheets_and_finish(tiny_run, model_path, tmp_path, capsys):
     labels.assign(label=["block", "vertical", "skip", "blocky"]).to_csv(out / "labels.csv", index=False)
     code, captured = run(gold, ["finish", "--gold", out], capsys)
     assert code == 2 and "label 'blocky' is not one of" in captured.err
+
+
+def test_bench_extract_prints_the_overhead(tiny_run, model_path, capsys):
+    from analyses import bench_extract
+    code, captured = run(bench_extract, ["--run", tiny_run, "--examples", 4, "--batch-size", 2, "--rounds", 1,
+                                         "--model", model_path], capsys)
+    assert code == 0, captured.err
+    assert "4 test examples" in captured.out and "overhead (analysis - bare) / bare" in captured.out
+    code, captured = run(bench_extract, ["--run", tiny_run.parent / "missing"], capsys)
+    assert code == 2 and "not a finished run folder" in captured.err

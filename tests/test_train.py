@@ -96,6 +96,7 @@ def test_training_logs_every_task_and_evaluates(tiny_corpus, tmp_path):
     ("data.corpus=/nonexistent/corpus", "not a built corpus"),
     ("model.overrides={img_dim: 2048}", "dimension 1280 but the model expects img_dim 2048"),
     ("tasks.mix={itm: 1, vqa: 1}", "unknown tasks"),
+    ("run.threads=-1", "run.threads must be >= 0"),
 ])
 def test_bad_config_fails_before_any_work(tiny_corpus, tmp_path, capsys, override, message):
     out = tmp_path / "run"
@@ -153,7 +154,7 @@ def test_unpadded_and_compiled_training_follow_the_plain_run(tiny_corpus, tmp_pa
               "model.overrides={num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 4, "
               "intermediate_size: 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"]
     runs = {}
-    for name, switches in {"plain": ["run.unpad=false"], "unpadded": ["run.unpad=true"],
+    for name, switches in {"plain": ["run.unpad=false", "run.threads=1"], "unpadded": ["run.unpad=true"],
                            "compiled": ["run.unpad=true", "run.compile=true"]}.items():
         assert train.main(["--out", str(tmp_path / name), "--no-eval", *common, *switches]) == 0
         runs[name] = losses(tmp_path / name)

@@ -150,6 +150,8 @@ class Trainer:
         elif config.run.device == "cuda" and device.type != "cuda":
             raise ConfigError(f"{where}: run.device is cuda but no GPU is available")
         self.device = device
+        if config.run.threads > 0:  # CPU results depend on the thread count (the order of float sums)
+            torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed + self.rank)
         self.checkpoints = CheckpointManager(out, config.run.keep_last)
         latest = self.checkpoints.latest() if resume else None

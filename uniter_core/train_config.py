@@ -74,6 +74,7 @@ class RunSection:
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast, used on CUDA only
     unpad: bool = True  # position-wise layers on real tokens only (UniterModel.unpad_tokens); same results
+    threads: int = 0  # torch intra-op CPU threads (0: torch's default); fixing it makes CPU runs repeatable
     compile: bool = False  # torch.compile the encoder (GPU: 1.19x the eager step, BENCHMARKS.md; slow to start)
     sync_check: bool = False  # distributed runs: log whether all ranks hold identical weights after each step
 
@@ -176,5 +177,7 @@ def validate(config: TrainConfig, where: str) -> None:
             raise ConfigError(f"{where}: run.{name} must be >= 1")
     if config.optim.grad_accum < 1 or config.batch.max_tokens < 1:
         raise ConfigError(f"{where}: optim.grad_accum and batch.max_tokens must be >= 1")
+    if config.run.threads < 0:
+        raise ConfigError(f"{where}: run.threads must be >= 0 (0: torch's default)")
     if config.run.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"{where}: run.device must be auto, cpu or cuda")

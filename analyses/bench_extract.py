@@ -1,0 +1,87 @@
+"""What attention analysis costs on top of the model: extraction + features + classification vs the bare forward.
+
+    python -m analyses.bench_extract --run runs/pretrain-mini [--split test] [--examples 96] [--rounds 3]
+
+Both sides see the same examples in the same batches. `bare forward` is the model as training and retrieval run
+it (SDPA attention, no maps kept). `analysis` is what `export_stats` does per example: the forward pass with
+attention probabilities (eager attention), maps cropped and copied out, the features of every (layer, head) map
+and the classifier's probabilities. Rounds alternate the two, and the medians give the overhead
+(analysis - bare) / bare; the target is at most 1.0 (the analysis at most doubles the forward time).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from analyses.attention import iter_example_attention, load_run
+from analyses.classifier import load_classifier
+from analyses.patterns import map_features
+from uniter_core.data.dataset import ImageTextDataset, collate
+
+
+@torch.inference_mode()
+def bare_forward(uniter, dataset, order: list[int], batch_size: int) -> None:
+    for start in range(0, len(order), batch_size):
+        batch = collate([dataset[i] for i in order[start:start + batch_size]])
+        uniter.forward_batch(batch)
+
+
+def analysis(model, corpus, split: str, order: list[int], batch_size: int, classifier, tokenizer) -> int:
+    maps = 0
+    for ex in iter_example_attention(model, corpus, split, batch_size=batch_size, indices=order,
+                                     tokenizer=tokenizer, progress=False):
+        layers, heads, n, _ = ex.maps.shape
+        features = map_features(ex.maps.reshape(layers * heads, n, n), ex.layout.n_text, ex.layout.n_regions)
+        classifier.predict_proba(features)
+        maps += layers * heads
+    return maps
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=Path("runs/pretrain-mini"))
+    p.add_argument("--split", default="test")
+    p.add_argument("--examples", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--model", type=Path, help="classifier (default: the default one)")
+    args = p.parse_args(argv)
+    try:
+        model, corpus, config = load_run(args.run)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from uniter_core.data.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer()
+    classifier = load_classifier(args.model)
+    uniter = model.uniter.eval()
+    dataset = ImageTextDataset(corpus, args.split, 60, 100)  # the extraction's limits
+    order = list(range(min(args.examples, len(dataset))))
+    bare_forward(uniter, dataset, order[:args.batch_size], args.batch_size)  # warm-up
+    analysis(model, corpus, args.split, order[:args.batch_size], args.batch_size, classifier, tokenizer)
+    times = {"bare forward": [], "analysis": []}
+    maps = 0
+    for _ in range(args.rounds):
+        start = time.perf_counter()
+        bare_forward(uniter, dataset, order, args.batch_size)
+        times["bare forward"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        maps = analysis(model, corpus, args.split, order, args.batch_size, classifier, tokenizer)
+        times["analysis"].append(time.perf_counter() - start)
+    bare, full = (statistics.median(times[k]) for k in ("bare forward", "analysis"))
+    print(f"{args.run}: {len(order)} {args.split} examples, batch {args.batch_size}, {maps} maps, "
+          f"{torch.get_num_threads()} threads, median of {args.rounds} alternating rounds")
+    print(f"{'step':<16}{'seconds':>10}{'ms/example':>12}")
+    for name, seconds in (("bare forward", bare), ("analysis", full)):
+        print(f"{name:<16}{seconds:>10.2f}{1e3 * seconds / len(order):>12.1f}")
+    print(f"overhead (analysis - bare) / bare: {(full - bare) / bare:.2f}x (target <= 1.0x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
