@@ -4,8 +4,8 @@
 
 Both sides see the same examples in the same batches. `bare forward` is the model as training and retrieval run
 it (SDPA attention, no maps kept). `analysis` is what `export_stats` does per example: the forward pass with
-attention probabilities (eager attention), maps cropped and copied out, the features of every (layer, head) map
-and the classifier's probabilities. Rounds alternate the two, and the medians give the overhead
+attention probabilities (eager attention), maps cropped and copied out, the features and statistics of every
+(layer, head) map and the classifier's probabilities (export_stats.per_map_table). Rounds alternate the two, and the medians give the overhead
 (analysis - bare) / bare; the target is at most 1.0 (the analysis at most doubles the forward time).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from analyses.attention import iter_example_attention, load_run
 from analyses.classifier import load_classifier
-from analyses.patterns import map_features
+from analyses.export_stats import per_map_table
 from uniter_core.data.dataset import ImageTextDataset, collate
 
 
@@ -32,14 +32,10 @@ def bare_forward(uniter, dataset, order: list[int], batch_size: int) -> None:
 
 
 def analysis(model, corpus, split: str, order: list[int], batch_size: int, classifier, tokenizer) -> int:
-    maps = 0
-    for ex in iter_example_attention(model, corpus, split, batch_size=batch_size, indices=order,
-                                     tokenizer=tokenizer, progress=False):
-        layers, heads, n, _ = ex.maps.shape
-        features = map_features(ex.maps.reshape(layers * heads, n, n), ex.layout.n_text, ex.layout.n_regions)
-        classifier.predict_proba(features)
-        maps += layers * heads
-    return maps
+    """export_stats's per-map table of these examples; returns the number of maps."""
+    examples = iter_example_attention(model, corpus, split, batch_size=batch_size, indices=order,
+                                      tokenizer=tokenizer, progress=False)
+    return len(per_map_table(examples, classifier))
 
 
 def main(argv=None) -> int:

@@ -10,6 +10,7 @@ classifier made for another FEATURE_VERSION, since its inputs would silently mea
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -22,7 +23,7 @@ import joblib
 import numpy as np
 import sklearn
 from sklearn.ensemble import HistGradientBoostingClassifier
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from analyses.patterns import FEATURE_NAMES, FEATURE_VERSION, PATTERNS, map_features
 from uniter_core.io import atomic_path, write_json
@@ -30,6 +31,12 @@ from uniter_core.io import atomic_path, write_json
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "head_classifier.joblib"
 # One OpenMP thread: the problems are small, and on a busy machine spinning threads made a 4 s fit take 70 s.
 THREADS = 1
+
+
+@functools.lru_cache(maxsize=1)
+def _threadpools() -> ThreadpoolController:
+    """Found once: looking the OpenMP libraries up costs ~4 ms, more than classifying one example's maps."""
+    return ThreadpoolController()
 
 
 class ClassifierError(ValueError):
@@ -61,7 +68,7 @@ class HeadClassifier:
         x = np.atleast_2d(np.asarray(features, np.float32))
         if x.shape[1] != len(FEATURE_NAMES):
             raise ValueError(f"expected {len(FEATURE_NAMES)} features per row, got {x.shape[1]}")
-        with threadpool_limits(THREADS, user_api="openmp"):
+        with _threadpools().limit(limits=THREADS, user_api="openmp"):
             raw = self.estimator.predict_proba(x)
         out = np.zeros((len(x), len(self.classes)), np.float32)
         for j, name in enumerate(self.estimator.classes_):
@@ -115,7 +122,7 @@ def fit(features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | No
         raise ValueError(f"unknown pattern labels {unknown} (known: {', '.join(PATTERNS)})")
     estimator = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=0.1, max_leaf_nodes=31,
                                                l2_regularization=1e-3, early_stopping=False, random_state=seed)
-    with threadpool_limits(THREADS, user_api="openmp"):
+    with _threadpools().limit(limits=THREADS, user_api="openmp"):
         estimator.fit(np.asarray(features, np.float32), labels, sample_weight=sample_weight)
     metadata = {
         "feature_version": FEATURE_VERSION, "feature_names": FEATURE_NAMES, "classes": list(PATTERNS),

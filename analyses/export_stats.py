@@ -42,12 +42,13 @@ ID_COLUMNS = {"example": ("int64", "index of the example in the split (dataset o
               "n_regions": ("int64", "region positions")}
 
 
-def example_rows(example, classifier) -> dict[str, np.ndarray]:
-    """The rows of one example's layers x heads maps, as columns."""
+def example_rows(example, classifier, probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The rows of one example's layers x heads maps, as columns (`probs`: its classifier output, if known)."""
     layers, heads, n, _ = example.maps.shape
     lay = example.layout
     maps = example.maps.reshape(layers * heads, n, n)
-    probs = classifier.predict_proba(map_features(maps, lay.n_text, lay.n_regions))
+    if probs is None:
+        probs = classifier.predict_proba(map_features(maps, lay.n_text, lay.n_regions))
     k = layers * heads
     columns = {"example": np.full(k, lay.example), "text_id": np.full(k, lay.text_id, dtype=object),
                "image_id": np.full(k, lay.image_id, dtype=object),
@@ -59,8 +60,24 @@ def example_rows(example, classifier) -> dict[str, np.ndarray]:
     return columns
 
 
-def per_map_table(examples, classifier) -> pd.DataFrame:
-    chunks = [example_rows(example, classifier) for example in examples]
+def per_map_table(examples, classifier, group: int = 16) -> pd.DataFrame:
+    """One row per (example, layer, head). The classifier runs once per `group` examples: one call for a few
+    hundred maps costs about what one call for an example's maps does."""
+    chunks, pending = [], []
+
+    def flush():
+        features = [map_features(ex.maps.reshape(-1, *ex.maps.shape[2:]), ex.layout.n_text, ex.layout.n_regions)
+                    for ex in pending]
+        probs = np.split(classifier.predict_proba(np.concatenate(features)), np.cumsum([len(f) for f in features])[:-1])
+        chunks.extend(example_rows(ex, classifier, p) for ex, p in zip(pending, probs))
+        pending.clear()
+
+    for example in examples:
+        pending.append(example)
+        if len(pending) == group:
+            flush()
+    if pending:
+        flush()
     if not chunks:
         raise ValueError("the split holds no examples")
     table = pd.DataFrame({name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]})
