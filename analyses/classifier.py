@@ -141,9 +141,25 @@ def load_classifier(path: str | Path | None = None) -> HeadClassifier:
     cross-validated evaluation is `python -m analyses.train_classifier`, committed beside it)."""
     if path is not None:
         return HeadClassifier.load(path)
-    if not DEFAULT_MODEL.is_file() or not metadata_path(DEFAULT_MODEL).is_file():
+    problem = _default_model_problem()
+    if problem:
         from analyses import train_classifier
 
-        print(f"no classifier at {DEFAULT_MODEL}: training the default one first", file=sys.stderr)
-        train_classifier.main(["--out", str(DEFAULT_MODEL), "--gold-folds", "0"])  # the report is committed
+        print(f"{DEFAULT_MODEL}: {problem}: training the default one first", file=sys.stderr)
+        # on all gold maps, without evaluation: the cross-validated report beside it is committed
+        train_classifier.main(["--out", str(DEFAULT_MODEL), "--gold-folds", "0", "--no-report"])
     return HeadClassifier.load(DEFAULT_MODEL)
+
+
+def _default_model_problem() -> str | None:
+    """Why the default classifier must be (re)trained: missing, or made for another feature version."""
+    meta_file = metadata_path(DEFAULT_MODEL)
+    if not DEFAULT_MODEL.is_file() or not meta_file.is_file():
+        return "no classifier yet"
+    try:
+        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unreadable metadata"
+    if metadata.get("feature_version") != FEATURE_VERSION or metadata.get("feature_names") != FEATURE_NAMES:
+        return f"made for feature version {metadata.get('feature_version')}, this code computes {FEATURE_VERSION}"
+    return None

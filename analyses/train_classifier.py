@@ -138,6 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gold-weight", type=float, default=20.0, help="sample weight of a gold map in training")
     p.add_argument("--max-iter", type=int, default=100, help="boosting iterations")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-report", action="store_true",
+                   help="write only the model and its metadata, not OUT.eval.json / .eval.md (the first-use "
+                        "training, which must not overwrite the committed cross-validated report)")
     args = p.parse_args(argv)
     args.gold_dir, args.out = Path(shown(args.gold_dir)), Path(shown(args.out))
     if not 0 < args.gold_test_fraction <= 1:
@@ -212,12 +215,13 @@ def main(argv=None) -> int:
     classifier.save(args.out)
     report = {"model": str(args.out), "metadata": classifier.metadata, "training": training, "note": note,
               "classes": list(PATTERNS), "evaluations": evaluations, "seconds": round(time.time() - start, 1)}
-    write_json(args.out.with_suffix(".eval.json"), report)
-    write_text(args.out.with_suffix(".eval.md"), markdown(report) + "\n")
+    if not args.no_report:
+        write_json(args.out.with_suffix(".eval.json"), report)
+        write_text(args.out.with_suffix(".eval.md"), markdown(report) + "\n")
     main_eval = evaluations[0]
     print(f"{args.out}: macro-F1 {main_eval['classifier']['macro_f1']:.3f} (rules "
-          f"{main_eval['rules']['macro_f1']:.3f}) on {main_eval['description']}; report in "
-          f"{args.out.with_suffix('.eval.md')}")
+          f"{main_eval['rules']['macro_f1']:.3f}) on {main_eval['description']}" +
+          ("" if args.no_report else f"; report in {args.out.with_suffix('.eval.md')}"))
     if note:
         print(note)
     return 0

@@ -244,3 +244,30 @@ def test_bench_extract_prints_the_overhead(tiny_run, model_path, capsys):
     assert "4 test examples" in captured.out and "overhead (analysis - bare) / bare" in captured.out
     code, captured = run(bench_extract, ["--run", tiny_run.parent / "missing"], capsys)
     assert code == 2 and "not a finished run folder" in captured.err
+
+
+def test_default_classifier_is_retrained_when_missing_or_stale_without_touching_the_report(tmp_path, monkeypatch):
+    from analyses import classifier as classifier_module
+    default = tmp_path / "models" / "head_classifier.joblib"
+    monkeypatch.setattr(classifier_module, "DEFAULT_MODEL", default)
+    real_main = train_classifier.main
+    calls = []
+
+    def small_main(argv):  # the real training, on a small synthetic set and without the repository's gold set
+        calls.append(argv)
+        return real_main([*argv, "--n-synthetic", "120", "--n-test", "30", "--max-iter", "5",
+                          "--gold-dir", str(tmp_path / "nogold")])
+
+    monkeypatch.setattr(train_classifier, "main", small_main)
+    report = default.with_suffix(".eval.md")
+    report.parent.mkdir(parents=True)
+    report.write_text("committed report")
+    first = classifier_module.load_classifier()
+    assert len(calls) == 1 and "--no-report" in calls[0] and first.metadata["n_train"] == 120
+    classifier_module.load_classifier()
+    assert len(calls) == 1  # current: loaded, not retrained
+    meta = classifier_module.metadata_path(default)
+    meta.write_text(meta.read_text().replace('"feature_version": ', '"feature_version": 0, "old": '))
+    classifier_module.load_classifier()
+    assert len(calls) == 2  # stale feature version: retrained
+    assert report.read_text() == "committed report"
