@@ -17,7 +17,7 @@ import functools
 import numpy as np
 from scipy.special import entr
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 
 # The six classes of DESIGN.md section 5 (UNITER paper, after Kovaleva et al. 2019), in a fixed order.
 PATTERNS = ("vertical", "diagonal", "vertical_diagonal", "block", "heterogeneous", "reversed_block")
@@ -48,6 +48,26 @@ SCALAR_FEATURES = {
     "row_max": "mean over query rows of the row's largest weight (sharp rows -> 1, diffuse rows -> 1/n)",
     "entropy_text": "as entropy, over text query rows only",
     "entropy_region": "as entropy, over region query rows only",
+    # word-piece rows and keys without [CLS] and [SEP]: a diagonal is told apart from special-token stripes
+    "self_words": "mean over word-piece rows of the mass on the word-piece itself",
+    "band_words": "mean over word-piece rows of the mass on word-piece keys within |i - j| <= 1",
+    "argmax_band_words": "share of word-piece rows whose largest weight is on the word-piece itself or a "
+                         "neighbouring word-piece",
+    "cls_words": "mean over word-piece rows of the mass on [CLS]",
+    "sep_words": "mean over word-piece rows of the mass on [SEP]",
+    "cls_region": "mean over region rows of the mass on [CLS]",
+    "sep_region": "mean over region rows of the mass on [SEP]",
+    "word_col_text": "the most-attended word-piece key over word-piece rows (a stripe on one word, not [CLS]/[SEP])",
+    "word_col_region": "the most-attended word-piece key over region rows (a word stripe through the regions)",
+    "self_regions": "mean over region rows of the mass on the region itself",
+    # how alike the rows are: stripes make every row the same, diagonals and heterogeneous maps do not
+    "consistency": "mean overlap sum_j min(A_ij, m_j) of each row with the mean row m (1 = identical rows)",
+    "consistency_text": "as consistency, over text rows and their own mean row",
+    "consistency_region": "as consistency, over region rows and their own mean row",
+    "argmax_agree_text": "share of text rows whose largest weight is on the text rows' most common argmax key",
+    "argmax_agree_region": "share of region rows whose largest weight is on the region rows' most common argmax",
+    "cross_rows_text": "share of text rows with more than half of their mass on regions",
+    "cross_rows_region": "share of region rows with more than half of their mass on text",
 }
 THUMB_FEATURES = [f"{q}_{a}{b}" for q in QUADRANTS for a in range(THUMB) for b in range(THUMB)]
 FEATURE_NAMES = list(SCALAR_FEATURES) + THUMB_FEATURES
@@ -106,6 +126,38 @@ def _band(n: int) -> np.ndarray:
     return (np.abs(idx[:, None] - idx[None, :]) <= 1).astype(np.float32)
 
 
+def _consistency(rows: np.ndarray) -> np.ndarray:
+    """[K, q, n] rows -> [K]: mean overlap of each row with the mean row (1 when all rows are the same)."""
+    return np.minimum(rows, rows.mean(1, keepdims=True)).sum(-1).mean(1)
+
+
+def _argmax_agreement(rows: np.ndarray) -> np.ndarray:
+    """[K, q, n] rows -> [K]: share of rows whose argmax is the most common argmax among them."""
+    top = rows.argmax(-1)  # [K, q]
+    counts = np.zeros((rows.shape[0], rows.shape[2]), np.int64)
+    np.add.at(counts, (np.arange(rows.shape[0])[:, None], top), 1)
+    return counts.max(-1) / rows.shape[1]
+
+
+def _word_features(maps: np.ndarray, t: int) -> dict[str, np.ndarray]:
+    """The word-piece features; zeros when the text is only [CLS] [SEP]."""
+    k = maps.shape[0]
+    names = ("self_words", "band_words", "argmax_band_words", "cls_words", "sep_words", "word_col_text",
+             "word_col_region")
+    if t <= 2:
+        return {name: np.zeros(k, np.float32) for name in names}
+    words = maps[:, 1:t - 1]  # [K, w, n] word-piece rows
+    w = t - 2
+    idx = np.arange(w)
+    on_words = words[:, :, 1:t - 1]  # [K, w, w]
+    top = words.argmax(-1)  # [K, w]
+    near = (np.abs(top - (idx + 1)) <= 1) & (top >= 1) & (top <= t - 2)  # on a word-piece, not [CLS]/[SEP]
+    return {"self_words": on_words[:, idx, idx].mean(1), "band_words": (on_words * _band(w)).sum(-1).mean(1),
+            "argmax_band_words": near.mean(1), "cls_words": words[:, :, 0].mean(1),
+            "sep_words": words[:, :, t - 1].mean(1), "word_col_text": on_words.mean(1).max(-1),
+            "word_col_region": maps[:, t:, 1:t - 1].mean(1).max(-1)}
+
+
 def scalar_features(maps: np.ndarray, n_text: int, n_regions: int) -> dict[str, np.ndarray]:
     """The SCALAR_FEATURES (plus mi_text / mi_region) of a stack [K, n, n] of maps, each as a [K] array."""
     maps = np.asarray(maps, dtype=np.float32)
@@ -135,6 +187,13 @@ def scalar_features(maps: np.ndarray, n_text: int, n_regions: int) -> dict[str, 
         "top3_cols_region": np.sort(maps[:, t:].mean(1), axis=-1)[:, -3:].sum(-1),
         "row_max": maps.max(-1).mean(1),
         "entropy_text": row_entropy[:, :t].mean(1), "entropy_region": row_entropy[:, t:].mean(1),
+        **_word_features(maps, t),
+        "cls_region": maps[:, t:, 0].mean(1), "sep_region": maps[:, t:, t - 1].mean(1),
+        "self_regions": np.diagonal(maps[:, t:, t:], axis1=1, axis2=2).mean(1),
+        "consistency": _consistency(maps), "consistency_text": _consistency(maps[:, :t]),
+        "consistency_region": _consistency(maps[:, t:]),
+        "argmax_agree_text": _argmax_agreement(maps[:, :t]), "argmax_agree_region": _argmax_agreement(maps[:, t:]),
+        "cross_rows_text": (region_mass[:, :t] > 0.5).mean(1), "cross_rows_region": (text_mass[:, t:] > 0.5).mean(1),
         "mi_text": maps[:, 0, :t].sum(-1), "mi_region": maps[:, 0, t:].sum(-1),
     }
 

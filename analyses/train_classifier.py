@@ -29,7 +29,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from analyses.classifier import DEFAULT_MODEL, fit
+from analyses.classifier import DEFAULT_MODEL, USED_FEATURES, fit
 from analyses.mapfile import MapFileError, read_maps
 from analyses.patterns import PATTERNS, map_features
 from analyses.rules import rule_predict
@@ -95,7 +95,7 @@ def cross_validated_predictions(x, y, w, gx, gy, args) -> np.ndarray:
     for train, test in folds.split(gx, gy):
         model = fit(np.concatenate([x, gx[train]]), np.concatenate([y, gy[train]]),
                     sample_weight=np.concatenate([w, np.full(len(train), args.gold_weight)]), seed=args.seed,
-                    max_iter=args.max_iter)
+                    trees=args.trees, used_features=args.features)
         predicted[test] = model.predict(gx[test])
     return predicted.astype(str)
 
@@ -135,8 +135,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "0: no gold evaluation, train on all of it)")
     p.add_argument("--gold-test-fraction", type=float, default=0.5,
                    help="with --gold-folds 1: share of the gold set held out (1: train on synthetic maps only)")
-    p.add_argument("--gold-weight", type=float, default=20.0, help="sample weight of a gold map in training")
-    p.add_argument("--max-iter", type=int, default=100, help="boosting iterations")
+    p.add_argument("--gold-weight", type=float, default=5.0,
+                   help="sample weight of a gold map in training (a synthetic map weighs 1)")
+    p.add_argument("--trees", type=int, default=300, help="trees in the forest (default 300)")
+    p.add_argument("--features", choices=sorted(USED_FEATURES), default="scalar",
+                   help="feature columns the trees read: scalar (default) or all (with the quadrant thumbnails)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-report", action="store_true",
                    help="write only the model and its metadata, not OUT.eval.json / .eval.md (the first-use "
@@ -147,6 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--gold-test-fraction must lie in (0, 1]")
     if args.gold_folds < 0 or args.gold_folds > 20:
         p.error("--gold-folds must lie in 0..20")
+    if args.trees < 1:
+        p.error("--trees must be at least 1")
     if args.n_synthetic < 60 or args.n_test < 6:
         p.error("--n-synthetic must be at least 60 and --n-test at least 6")
     return args
@@ -195,7 +200,8 @@ def main(argv=None) -> int:
                             "folds": args.gold_folds, "weight": args.gold_weight,
                             "test_fraction": args.gold_test_fraction if args.gold_folds == 1 else None}
     training["description"] = description
-    classifier = fit(x, y, sample_weight=weights, seed=args.seed, max_iter=args.max_iter, training=training)
+    classifier = fit(x, y, sample_weight=weights, seed=args.seed, trees=args.trees, used_features=args.features,
+                     training=training)
     note = ""
     if gold is not None and cv_predicted is not None:
         evaluations.append(evaluate(None, gx_test, gy_test, f"held-out gold maps from {args.gold_dir}, "

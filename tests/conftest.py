@@ -42,6 +42,6 @@ def workbench_env(tiny_corpus, tmp_path_factory) -> dict[str, str]:
     assert train.main(["--out", str(run), *tiny_overrides(tiny_corpus, steps=6, save_every=6, keep_last=1)]) == 0
     assert evaluate.main(["--run", str(run), "--which", "baseline"]) == 0
     x, y = synthetic_features(300, seed=0)
-    fit(x, y, max_iter=20).save(root / "classifier" / "clf.joblib")
+    fit(x, y, trees=20).save(root / "classifier" / "clf.joblib")
     return {"WORKBENCH_RUN": str(run), "WORKBENCH_CLASSIFIER": str(root / "classifier" / "clf.joblib"),
             "WORKBENCH_GOLD_DIR": str(root / "gold"), "WORKBENCH_STATS_ROOT": str(root / "stats")}

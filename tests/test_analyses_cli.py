@@ -31,7 +31,7 @@ def run(module, argv, capsys):
 def model_path(tmp_path_factory):
     x, y = synthetic_features(600, seed=0)
     path = tmp_path_factory.mktemp("clf") / "clf.joblib"
-    fit(x, y, max_iter=30).save(path)
+    fit(x, y, trees=20).save(path)
     return path
 
 
@@ -101,7 +101,7 @@ def test_classify_maps_bad_model(tmp_path, capsys):
 
 
 def test_train_classifier_synthetic_only_and_with_gold(tmp_path, capsys):
-    small = ["--n-synthetic", 120, "--n-test", 30, "--max-iter", 10]
+    small = ["--n-synthetic", 120, "--n-test", 30, "--trees", 10]
     out = tmp_path / "m" / "clf.joblib"
     code, captured = run(train_classifier, ["--gold-dir", tmp_path / "nogold", "--out", out, *small], capsys)
     assert code == 0 and "No gold set" in captured.out
@@ -255,7 +255,7 @@ def test_default_classifier_is_retrained_when_missing_or_stale_without_touching_
 
     def small_main(argv):  # the real training, on a small synthetic set and without the repository's gold set
         calls.append(argv)
-        return real_main([*argv, "--n-synthetic", "120", "--n-test", "30", "--max-iter", "5",
+        return real_main([*argv, "--n-synthetic", "120", "--n-test", "30", "--trees", "5",
                           "--gold-dir", str(tmp_path / "nogold")])
 
     monkeypatch.setattr(train_classifier, "main", small_main)

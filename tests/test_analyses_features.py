@@ -81,6 +81,34 @@ def test_thumbnails_are_size_invariant_and_keep_row_mass():
         assert total / THUMB == pytest.approx(f[q], rel=1e-4)
 
 
+def test_word_piece_features_separate_diagonal_from_special_stripes():
+    f = named(features(np.eye(N, dtype=np.float32), T, R))
+    assert (f["self_words"], f["band_words"], f["argmax_band_words"]) == pytest.approx((1, 1, 1))
+    assert (f["cls_words"], f["sep_words"], f["self_regions"]) == pytest.approx((0, 0, 1))
+    assert f["consistency"] == pytest.approx(1 / N) and f["argmax_agree_text"] == pytest.approx(1 / T)
+    # every row on [SEP]: a stripe, not a diagonal, and all rows alike
+    g = named(features(column_map(T - 1), T, R))
+    assert (g["self_words"], g["band_words"], g["argmax_band_words"]) == pytest.approx((0, 0, 0))
+    assert (g["sep_words"], g["sep_region"], g["cls_region"]) == pytest.approx((1, 1, 0))
+    assert (g["consistency"], g["consistency_text"], g["argmax_agree_region"]) == pytest.approx((1, 1, 1))
+    # every row on word-piece 3: the word stripe features see it, the [CLS]/[SEP] ones do not
+    h = named(features(column_map(3), T, R))
+    assert (h["word_col_text"], h["word_col_region"], h["special_text"]) == pytest.approx((1, 1, 0))
+    # a text of [CLS] [SEP] only has no word-piece rows: those features are 0, the others still defined
+    e = named(features(np.eye(2 + R, dtype=np.float32), 2, R))
+    assert (e["self_words"], e["word_col_region"], e["self_regions"]) == pytest.approx((0, 0, 1))
+
+
+def test_cross_rows_count_rows_that_leave_their_modality():
+    f = named(features(block_map(reversed_=True), T, R))
+    assert (f["cross_rows_text"], f["cross_rows_region"]) == pytest.approx((1, 1))
+    a = block_map()
+    a[:4] = 0
+    a[:4, T:] = 1 / R  # four text rows look at the regions
+    g = named(features(a, T, R))
+    assert (g["cross_rows_text"], g["cross_rows_region"]) == pytest.approx((4 / T, 0))
+
+
 def test_stack_equals_single_maps_and_head_stats():
     rng = np.random.default_rng(1)
     maps = rng.random((5, N, N)).astype(np.float32)

@@ -49,7 +49,7 @@ def test_rules_recover_sharp_maps():
 @pytest.fixture(scope="module")
 def small_classifier():
     x, y = synthetic_features(600, seed=0)
-    return fit(x, y, max_iter=30, training={"description": "test"})
+    return fit(x, y, trees=20, training={"description": "test"})
 
 
 def test_classifier_recovers_sharp_maps(small_classifier):

@@ -97,6 +97,7 @@ def test_training_logs_every_task_and_evaluates(tiny_corpus, tmp_path):
     ("model.overrides={img_dim: 2048}", "dimension 1280 but the model expects img_dim 2048"),
     ("tasks.mix={itm: 1, vqa: 1}", "unknown tasks"),
     ("run.threads=-1", "run.threads must be >= 0"),
+    ("optim.image_lr_scale=0", "optim.image_lr_scale must be > 0"),
 ])
 def test_bad_config_fails_before_any_work(tiny_corpus, tmp_path, capsys, override, message):
     out = tmp_path / "run"
@@ -131,7 +132,7 @@ def test_two_cpu_processes_stay_in_sync(tiny_corpus, tmp_path):
 
 def test_weight_decay_spares_biases_and_every_layer_norm():
     from uniter_core.config import UniterConfig
-    from uniter_core.optim import build_optimizer, linear_warmup_decay
+    from uniter_core.optim import build_optimizer, build_scheduler, linear_warmup_decay
     from uniter_core.pretrain import UniterForPretraining
 
     model = UniterForPretraining(UniterConfig.from_preset("uniter-mini", num_hidden_layers=1, hidden_size=32,
@@ -145,6 +146,16 @@ def test_weight_decay_spares_biases_and_every_layer_norm():
     assert len(decay["params"]) + len(no_decay["params"]) == total  # tied weights counted once
     factor = linear_warmup_decay(10, 110)
     assert factor(0) == 0.1 and factor(9) == 1.0 and factor(60) == 0.5 and factor(110) == 0.0
+
+    # optim.image_lr_scale: the image embedder gets its own groups at the scaled rate, the schedule scales both
+    groups = build_optimizer(model, lr=1e-3, image_lr_scale=10.0).param_groups
+    assert len(groups) == 4 and len({id(p) for g in groups for p in g["params"]}) == total
+    image = {id(p) for n, p in model.named_parameters() if n.startswith("uniter.img_embeddings.")}
+    for group in groups:
+        inside = {id(p) in image for p in group["params"]}
+        assert len(inside) == 1 and group["lr"] == (1e-2 if inside == {True} else 1e-3)
+    scheduler = build_scheduler(build_optimizer(model, lr=1e-3, image_lr_scale=10.0), 10, 110)
+    assert [g["lr"] for g in scheduler.optimizer.param_groups] == pytest.approx([1e-4, 1e-4, 1e-3, 1e-3])
 
 
 def test_unpadded_and_compiled_training_follow_the_plain_run(tiny_corpus, tmp_path):

@@ -169,7 +169,8 @@ class Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True)  # each task uses only its own head
-        self.optimizer = build_optimizer(self.model, config.optim.lr, config.optim.betas, config.optim.weight_decay)
+        self.optimizer = build_optimizer(self.model, config.optim.lr, config.optim.betas, config.optim.weight_decay,
+                                         config.optim.image_lr_scale)
         self.scheduler = build_scheduler(self.optimizer, config.optim.warmup_steps, config.run.num_steps)
         self.task_sampler = TaskSampler(config.tasks.mix, seed=config.run.seed)
         self.streams: dict[str, TaskStream] = {}

@@ -54,6 +54,7 @@ class OptimSection:
     warmup_steps: int = 10000
     grad_clip: float = 5.0
     grad_accum: int = 1
+    image_lr_scale: float = 1.0  # learning-rate multiplier of the image embedder (the part that starts random)
 
 
 @dataclass
@@ -177,6 +178,8 @@ def validate(config: TrainConfig, where: str) -> None:
             raise ConfigError(f"{where}: run.{name} must be >= 1")
     if config.optim.grad_accum < 1 or config.batch.max_tokens < 1:
         raise ConfigError(f"{where}: optim.grad_accum and batch.max_tokens must be >= 1")
+    if not config.optim.image_lr_scale > 0:
+        raise ConfigError(f"{where}: optim.image_lr_scale must be > 0 (1: the same learning rate as the rest)")
     if config.run.threads < 0:
         raise ConfigError(f"{where}: run.threads must be >= 0 (0: torch's default)")
     if config.run.device not in ("auto", "cpu", "cuda"):
