@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from analyses.classifier import ClassifierError, HeadClassifier, fit, metadata_path
-from analyses.patterns import FEATURE_VERSION, PATTERNS
+from analyses.patterns import FEATURE_NAMES, FEATURE_VERSION, PATTERNS, SCALAR_FEATURES
 from analyses.rules import rule_predict
 from analyses.synthetic import REGION_RANGE, TEXT_RANGE, generate, synthetic_features, synthetic_map
 
@@ -58,6 +58,20 @@ def test_classifier_recovers_sharp_maps(small_classifier):
     assert probs.shape == (120, 6)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     assert np.mean(small_classifier.predict(x) == y) >= 0.95
+
+
+def test_feature_columns_the_trees_read(small_classifier, tmp_path):
+    """The default trees read the scalar features; features="all" adds the thumbnails, and survives a reload."""
+    assert small_classifier.metadata["features"] == "scalar"
+    assert small_classifier.estimator.n_features_in_ == len(SCALAR_FEATURES)
+    x, y = synthetic_features(300, seed=3)
+    full = fit(x, y, trees=10, used_features="all")
+    assert full.estimator.n_features_in_ == len(FEATURE_NAMES)
+    full.save(tmp_path / "all.joblib")
+    np.testing.assert_array_equal(HeadClassifier.load(tmp_path / "all.joblib").predict_proba(x[:12]),
+                                  full.predict_proba(x[:12]))
+    with pytest.raises(ValueError, match="used_features"):
+        fit(x, y, trees=2, used_features="thumbnails")
 
 
 def test_save_load_round_trip(small_classifier, tmp_path):

@@ -18,8 +18,8 @@ def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = N
     != 1 the image embedder's parameters form their own groups at lr * image_lr_scale.
 
     LayerNorms are found by type, not by name, so the heads' unnamed ones (e.g. region_classifier.net.2) are
-    exempt too (the official name-based rule misses those two). The image embedder is the one part that
-    always starts from random weights while the text side starts pre-trained, hence its own learning rate."""
+    exempt too (the official name-based rule misses those two). The image embedder starts from random weights
+    while the text side starts pre-trained, hence the option of a learning rate of its own."""
     layer_norm_params = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
     groups = {(decayed, image): [] for image in (False, True) for decayed in (True, False)}
     seen = set()
