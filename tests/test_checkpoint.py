@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from test_model import make_examples, tiny_config
 from uniter_core.checkpoint import CheckpointMismatchError
@@ -122,3 +122,23 @@ def test_from_pretrained_refuses_folders_that_do_not_fit(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="region_classifier.net.3.weight"):
         UniterForPretraining.from_pretrained(tmp_path / "run")
 
+
+
+def test_feature_mean_travels_with_the_weights_and_may_be_absent(tmp_path):
+    """A saved feat_mean comes back; checkpoints without it (official ones, older folders) load with zeros."""
+    config = tiny_config()
+    model = UniterForPretraining(config).eval()
+    with torch.no_grad():
+        model.uniter.img_embeddings.feat_mean.uniform_()
+    model.save_pretrained(tmp_path / "run")
+    loaded = UniterForPretraining.from_pretrained(tmp_path / "run")
+    assert torch.equal(loaded.uniter.img_embeddings.feat_mean, model.uniter.img_embeddings.feat_mean)
+
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    del weights["uniter.img_embeddings.feat_mean"]
+    save_file(weights, str(tmp_path / "run" / "model.safetensors"))
+    older = UniterForPretraining.from_pretrained(tmp_path / "run")
+    assert torch.count_nonzero(older.uniter.img_embeddings.feat_mean) == 0
+    official = {k: v for k, v in model.state_dict().items() if not k.endswith("feat_mean")}
+    assert torch.count_nonzero(UniterForPretraining.from_official_state_dict(
+        official, config).uniter.img_embeddings.feat_mean) == 0

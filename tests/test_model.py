@@ -214,3 +214,21 @@ def test_unpadded_switch_keeps_hooks_and_attentions_in_the_padded_layout():
     out = model.forward_batch(batch, output_attentions=True, output_hidden_states=True)
     assert out.attentions[0].shape == (b, config.num_attention_heads, n, n)
     assert all(h.shape == (b, n, config.hidden_size) for h in out.hidden_states)
+
+
+def test_feature_mean_is_subtracted_before_the_image_embedding():
+    """feat_mean = m on features f computes what the official embedding (zeros) computes on f - m."""
+    config = tiny_config()
+    official = UniterModel(config).eval()
+    centred = UniterModel(config).eval()
+    centred.load_state_dict(official.state_dict())
+    mean = torch.rand(config.img_dim)
+    centred.img_embeddings.feat_mean.copy_(mean)
+    batch = make_batch(config)
+    shifted = {**batch, "img_feat": batch["img_feat"] - mean}
+    with torch.no_grad():
+        torch.testing.assert_close(centred.forward_batch(batch).last_hidden_state,
+                                   official.forward_batch(shifted).last_hidden_state)
+        assert not torch.allclose(centred.forward_batch(batch).last_hidden_state,
+                                  official.forward_batch(batch).last_hidden_state)
+    assert "img_embeddings.feat_mean" in centred.state_dict()  # saved with the weights

@@ -7,11 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from uniter_core import train
+from uniter_core.data.dataset import ImageTextDataset
 from uniter_core.io import read_jsonl
 from uniter_core.train_config import ConfigError, load_config
 
@@ -75,7 +77,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_corpus, tmp_path)
 def test_training_logs_every_task_and_evaluates(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     assert train.main(["--out", str(out), *tiny_overrides(tiny_corpus, steps=12),
-                       "tasks.mix={itm: 1, mlm: 1, mrfr: 1, mrc: 1, mrckl: 1}", "data.test_split=val"]) == 0
+                       "tasks.mix={itm: 1, mlm: 1, mrfr: 1, mrc: 1, mrckl: 1}", "data.test_split=val",
+                       "data.center_features=true"]) == 0
     records = read_jsonl(out / "metrics.jsonl")
     tasks = {r["task"] for r in records if "task" in r}
     assert tasks == {"itm", "mlm", "mrfr", "mrc", "mrckl"}
@@ -89,6 +92,11 @@ def test_training_logs_every_task_and_evaluates(tiny_corpus, tmp_path):
         assert key in evaluation
     assert 0 < evaluation["alignment_chance"] < 1
     assert json.loads((out / "train_config.json").read_text())["run"]["num_steps"] == 12
+    # data.center_features: the training split's mean region feature, saved with the model
+    train_set = ImageTextDataset(tiny_corpus, "train")
+    regions = np.concatenate([train_set.store[i]["features"] for i in train_set.image_ids])
+    torch.testing.assert_close(final_weights(out)["uniter.img_embeddings.feat_mean"],
+                               torch.from_numpy(regions.astype(np.float64).mean(axis=0)).float())
 
 
 @pytest.mark.parametrize("override, message", [

@@ -48,6 +48,16 @@ def _describe(model) -> str:
             f"img_dim {c.img_dim}, {c.num_region_classes} region classes)")
 
 
+def _optional_buffers(keys) -> set[str]:
+    """Buffers that are not in official checkpoints (nor in folders saved before they existed); absent, they
+    keep the value the model was built with (UniterImageEmbeddings.feat_mean: zeros, no centring)."""
+    return {k for k in keys if k.endswith("img_embeddings.feat_mean")}
+
+
+def _fill_optional(state_dict: dict, current: dict) -> dict:
+    return {**{k: current[k] for k in _optional_buffers(current) if k not in state_dict}, **state_dict}
+
+
 def check_state_dict(state_dict: dict, expected: dict, source: str, model_name: str, optional=()) -> None:
     """Raise CheckpointMismatchError unless `state_dict` has exactly the `expected` {key: shape} (keys in
     `optional` may be absent)."""
@@ -109,18 +119,19 @@ def load_official_weights(model, source) -> list[str]:
         if not any(k.startswith("uniter.") for k in state_dict):
             state_dict = {f"uniter.{k}": v for k, v in state_dict.items()}
         encoder = {k: s for k, s in expected.items() if k.startswith("uniter.")}
-        check_state_dict(state_dict, encoder, name, _describe(model))
+        check_state_dict(state_dict, encoder, name, _describe(model), optional=_optional_buffers(encoder))
         initialised = sorted(k for k in expected if not k.startswith("uniter.") and k not in tied)
         state_dict = {**current, **state_dict}
         logger.warning("%s holds the encoder only; heads left at their initialisation: %s", name,
                        ", ".join(initialised))
     else:
-        check_state_dict(state_dict, expected, name, _describe(model), optional=tied)
+        check_state_dict(state_dict, expected, name, _describe(model),
+                         optional=set(tied) | _optional_buffers(expected))
         differing = [f"{t} (differs from {s})" for t, s in tied.items()
                      if t in state_dict and not torch.equal(state_dict[t], state_dict[s])]
         if differing:  # they are one tensor here; loading both would silently keep one of them
             raise CheckpointMismatchError(name, _describe(model), mismatched=differing)
-    state_dict = dict(state_dict)
+    state_dict = _fill_optional(state_dict, current)
     for target, source_key in tied.items():
         state_dict[target] = state_dict[source_key]
     model.load_state_dict(state_dict, strict=True)
@@ -152,8 +163,10 @@ def load_pretrained(cls, folder):
     if cls.__name__ == "UniterModel" and any(k.startswith("uniter.") for k in state_dict):
         state_dict = {k[len("uniter."):]: v for k, v in state_dict.items() if k.startswith("uniter.")}
     tied = getattr(model, "tied_weights", {})
-    check_state_dict(state_dict, {k: v.shape for k, v in model.state_dict().items()},
-                     str(folder / WEIGHTS_NAME), _describe(model), optional=tied)
+    current = model.state_dict()
+    check_state_dict(state_dict, {k: v.shape for k, v in current.items()}, str(folder / WEIGHTS_NAME),
+                     _describe(model), optional=set(tied) | _optional_buffers(current))
+    state_dict = _fill_optional(state_dict, current)
     for target, source_key in tied.items():
         state_dict[target] = state_dict[source_key]
     model.load_state_dict(state_dict, strict=True)

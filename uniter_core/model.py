@@ -156,8 +156,13 @@ class UniterImageEmbeddings(nn.Module):
         self.mask_embedding = nn.Embedding(2, config.img_dim, padding_idx=0)  # row 1 is added to masked regions
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # Subtracted from every region feature before img_linear; zeros (the official embedding) unless the
+        # trainer sets it (data.center_features). CNN features are all positive and share a large mean, so raw
+        # features project to nearly one direction and every region starts with almost the same embedding.
+        self.register_buffer("feat_mean", torch.zeros(config.img_dim))
 
     def forward(self, img_feat, img_pos_feat, type_embeddings, img_masks=None):
+        img_feat = img_feat - self.feat_mean.to(img_feat.dtype)
         if img_masks is not None:
             # Official: img_feat + mask_embedding(img_masks) with row 0 zeroed; row 0 contributes nothing, so
             # only row 1 is read (and the parameter is never written in forward).

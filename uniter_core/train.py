@@ -160,6 +160,9 @@ class Trainer:
         uniter_config = model_config(config)
         self.train_set = check_data(config, uniter_config, where)
         self.model = (UniterForPretraining.from_pretrained(latest / "model") if latest else build_model(config))
+        if config.data.center_features and latest is None:
+            mean = self.train_set.store.feature_mean(self.train_set.image_ids)
+            self.model.uniter.img_embeddings.feat_mean.copy_(torch.from_numpy(mean))
         self.model.to(device)
         self.model.uniter.unpad_tokens = config.run.unpad
         if config.run.compile:  # in place: parameter names and checkpoints stay as they are

@@ -37,6 +37,9 @@ class DataSection:
     max_text_len: int = 60
     max_regions: int = 100
     num_workers: int = 0
+    # Subtract the training split's mean region feature inside the model (saved with it: UniterImageEmbeddings.
+    # feat_mean). Off by default, as in the official model; the demo turns it on (BENCHMARKS.md).
+    center_features: bool = False
 
 
 @dataclass

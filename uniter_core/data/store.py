@@ -138,6 +138,18 @@ class FeatureStore:
             self._arrays[key] = np.load(self.directory / f"shard_{shard:05d}.{field}.npy", mmap_mode="r")
         return self._arrays[key]
 
+    def feature_mean(self, image_ids=None) -> np.ndarray:
+        """Mean region feature (float32 [feature_dim], accumulated in float64) over the regions of `image_ids`
+        (default: every image in the store)."""
+        total, count = np.zeros(self.feature_dim, np.float64), 0
+        for image_id in (self.image_ids if image_ids is None else image_ids):
+            e = self._entry(image_id)
+            total += self._array(e.shard, "features")[e.start:e.start + e.n_regions].sum(axis=0, dtype=np.float64)
+            count += e.n_regions
+        if count == 0:
+            raise StoreError(f"{self.directory}: no regions to average")
+        return (total / count).astype(np.float32)
+
     def __getitem__(self, image_id: str) -> dict[str, np.ndarray]:
         """All fields of one image as float32 arrays: features, norm_bb, conf, soft_labels."""
         e = self._entry(image_id)
