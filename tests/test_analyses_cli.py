@@ -6,13 +6,14 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses import classify_maps, export_stats, train_classifier
+from analyses import classify_maps, collapse, export_stats, train_classifier
 from analyses.attention import load_run
 from analyses.classifier import fit
 from analyses.mapfile import MapRecord, read_maps, write_maps
 from analyses.patterns import HEAD_STATS, PATTERNS
 from analyses.synthetic import generate, synthetic_features
 from uniter_core.config import UniterConfig
+from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.io import write_json
 from uniter_core.pretrain import UniterForPretraining
 from uniter_core.train_config import TrainConfig
@@ -271,3 +272,47 @@ def test_default_classifier_is_retrained_when_missing_or_stale_without_touching_
     classifier_module.load_classifier()
     assert len(calls) == 2  # stale feature version: retrained
     assert report.read_text() == "committed report"
+
+
+# ------------------------------------------------------------------------------------------- collapse
+def test_collapse_cli_reports_every_layer(tiny_run, tmp_path, capsys):
+    out = tmp_path / "geometry.json"
+    code, captured = run(collapse, ["--run", tiny_run, "--split", "test", "--examples", 4, "--json", out,
+                                    "--checkpoint", "step_00000001"], capsys)
+    assert code == 0, captured.err
+    rows = json.loads(out.read_text())
+    assert [r["layer"] for r in rows] == [0, 1, 2]  # embeddings + 2 layers
+    assert "word_to_regions" not in rows[0] and all(0 <= r["cls_to_regions"] <= 1 for r in rows[1:])
+    assert all(-1 <= r[c] <= 1 for r in rows for c in ("word_word", "region_region", "word_region"))
+    assert "word_region" in captured.out
+    code, captured = run(collapse, ["--run", tiny_run, "--checkpoint", "step_00000999"], capsys)
+    assert code == 2 and "step_00000999" in captured.err
+    code, captured = run(collapse, ["--run", tiny_run, "--examples", 0], capsys)
+    assert code == 2 and "--examples" in captured.err
+
+
+def test_collapse_measures_identical_states_and_uniform_attention(tiny_run, tiny_corpus):
+    """Last layer's output LayerNorm with zero gain: every state is its bias (all cosines 1). Zero queries and
+    keys: attention is uniform, so each row's share on the other modality is that modality's share of tokens."""
+    model, _, _ = load_run(tiny_run)
+    uniter = model.uniter.eval()
+    with torch.no_grad():
+        last = uniter.encoder.layer[-1].output.LayerNorm
+        last.weight.zero_()
+        last.bias.uniform_(0.5, 1.0)
+        for layer in uniter.encoder.layer:
+            for linear in (layer.attention.self.query, layer.attention.self.key):
+                linear.weight.zero_()
+                linear.bias.zero_()
+    dataset = ImageTextDataset(tiny_corpus, "test")
+    batch = collate([dataset[i] for i in range(3)])
+    rows = collapse.layer_geometry(uniter, batch)
+    for column in ("word_word", "region_region", "word_region"):
+        assert rows[-1][column] == pytest.approx(1.0, abs=1e-5)
+        assert rows[0][column] < 0.999
+    spans = list(zip(batch["txt_lens"], batch["num_bbs"]))
+    region_share = sum(n / (t + n) for t, n in spans) / len(spans)
+    for row in rows[1:]:
+        assert row["word_to_regions"] == pytest.approx(region_share, abs=1e-5)
+        assert row["cls_to_regions"] == pytest.approx(region_share, abs=1e-5)
+        assert row["region_to_text"] == pytest.approx(1 - region_share, abs=1e-5)

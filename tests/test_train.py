@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from uniter_core import train
 from uniter_core.data.dataset import ImageTextDataset
 from uniter_core.io import read_jsonl
-from uniter_core.train_config import ConfigError, load_config
+from uniter_core.train_config import ConfigError, config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ("model.init=random", "model.overrides={num_hidden_layers: 2, hidden_size: 32, "
@@ -95,8 +95,11 @@ def test_training_logs_every_task_and_evaluates(tiny_corpus, tmp_path):
     # data.center_features: the training split's mean region feature, saved with the model
     train_set = ImageTextDataset(tiny_corpus, "train")
     regions = np.concatenate([train_set.store[i]["features"] for i in train_set.image_ids])
-    torch.testing.assert_close(final_weights(out)["uniter.img_embeddings.feat_mean"],
-                               torch.from_numpy(regions.astype(np.float64).mean(axis=0)).float())
+    mean = torch.from_numpy(regions.astype(np.float64).mean(axis=0)).float()
+    torch.testing.assert_close(final_weights(out)["uniter.img_embeddings.feat_mean"], mean)
+    config = config_from_dict(json.loads((out / "train_config.json").read_text()), "train_config.json")
+    baseline = train.build_model(config)  # what `evaluate --which baseline` scores: the run's initialisation
+    torch.testing.assert_close(baseline.uniter.img_embeddings.feat_mean, mean)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -82,8 +82,20 @@ def model_config(config: TrainConfig) -> UniterConfig:
         **config.model.overrides})
 
 
-def build_model(config: TrainConfig) -> UniterForPretraining:
-    """The model named by model.init: MiniLM text weights, random, an official checkpoint or a run folder."""
+def build_model(config: TrainConfig, train_set: ImageTextDataset | None = None) -> UniterForPretraining:
+    """The initialisation of a run: the model named by model.init (MiniLM text weights, random, an official
+    checkpoint or a run folder) and, with data.center_features, the training split's mean region feature
+    (train_set: that split, already open)."""
+    model = _initial_weights(config)
+    if config.data.center_features:
+        train_set = train_set or ImageTextDataset(config.data.corpus, config.data.train_split,
+                                                  config.data.max_text_len, config.data.max_regions)
+        mean = train_set.store.feature_mean(train_set.image_ids)
+        model.uniter.img_embeddings.feat_mean.copy_(torch.from_numpy(mean))
+    return model
+
+
+def _initial_weights(config: TrainConfig) -> UniterForPretraining:
     init = config.model.init
     if init == "minilm":
         return UniterForPretraining.from_minilm(model_config(config))
@@ -159,10 +171,8 @@ class Trainer:
             print(f"--resume: no checkpoint in {out}, starting from scratch", file=sys.stderr)
         uniter_config = model_config(config)
         self.train_set = check_data(config, uniter_config, where)
-        self.model = (UniterForPretraining.from_pretrained(latest / "model") if latest else build_model(config))
-        if config.data.center_features and latest is None:
-            mean = self.train_set.store.feature_mean(self.train_set.image_ids)
-            self.model.uniter.img_embeddings.feat_mean.copy_(torch.from_numpy(mean))
+        self.model = (UniterForPretraining.from_pretrained(latest / "model") if latest
+                      else build_model(config, self.train_set))
         self.model.to(device)
         self.model.uniter.unpad_tokens = config.run.unpad
         if config.run.compile:  # in place: parameter names and checkpoints stay as they are

@@ -1,0 +1,94 @@
+"""How alike the hidden states are, layer by layer, and how much attention crosses between the modalities.
+
+    python -m analyses.collapse --run runs/pretrain-mini [--checkpoint step_00000100] [--split val] [--examples 48]
+
+The diagnostics of image-text matching's plateau (BENCHMARKS.md, the demo pre-training run). Per layer (0 is the
+embedding output), averaged over examples, within each example:
+
+  word_word, region_region, word_region   mean cosine between the states of different word-pieces ([CLS] and
+                                          [SEP] excluded), of different regions, and of a word-piece and a region
+  word_to_regions, cls_to_regions,        share of the attention of word-piece rows, of the [CLS] row and of
+  region_to_text                          region rows that lands on the other modality (all heads averaged)
+
+Cosines near 1 in the last layers mean the states have collapsed to one direction: WRA's cosine costs are then
+about zero for matching and mismatched pairs alike, and ITM's [CLS] barely changes between examples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from analyses.attention import load_run
+from uniter_core.data.dataset import ImageTextDataset, collate
+from uniter_core.pretrain import UniterForPretraining
+
+COLUMNS = ("word_word", "region_region", "word_region", "word_to_regions", "cls_to_regions", "region_to_text")
+
+
+def _mean_off_diagonal(similarity: torch.Tensor) -> float:
+    n = similarity.size(0)
+    return float((similarity.sum() - similarity.diagonal().sum()) / (n * n - n)) if n > 1 else float("nan")
+
+
+@torch.inference_mode()
+def layer_geometry(uniter, batch: dict) -> list[dict[str, float]]:
+    """One row per layer (embeddings first) with the COLUMNS averaged over the batch's examples; the attention
+    columns are absent from the embeddings row."""
+    output = uniter.forward_batch(batch, output_hidden_states=True, output_attentions=True)
+    spans = [(t, n) for t, n in zip(batch["txt_lens"], batch["num_bbs"])]
+    rows = []
+    for layer, hidden in enumerate(output.hidden_states):
+        values: dict[str, list[float]] = {c: [] for c in COLUMNS}
+        probs = output.attentions[layer - 1].float() if layer else None
+        for k, (tl, nb) in enumerate(spans):
+            words = F.normalize(hidden[k, 1:tl - 1].float(), dim=-1)
+            regions = F.normalize(hidden[k, tl:tl + nb].float(), dim=-1)
+            values["word_word"].append(_mean_off_diagonal(words @ words.T))
+            values["region_region"].append(_mean_off_diagonal(regions @ regions.T))
+            values["word_region"].append(float((words @ regions.T).mean()))
+            if probs is not None:
+                values["word_to_regions"].append(float(probs[k, :, 1:tl - 1, tl:tl + nb].sum(-1).mean()))
+                values["cls_to_regions"].append(float(probs[k, :, 0, tl:tl + nb].sum(-1).mean()))
+                values["region_to_text"].append(float(probs[k, :, tl:tl + nb, :tl].sum(-1).mean()))
+        rows.append({"layer": layer, **{c: sum(v) / len(v) for c, v in values.items() if v}})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", type=Path, required=True, help="run folder written by uniter_core.train")
+    p.add_argument("--checkpoint", help="checkpoint name under RUN/checkpoints, e.g. step_00000100 (default: newest)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--examples", type=int, default=48, help="the first N examples of the split")
+    p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    args = p.parse_args(argv)
+    if args.examples < 1:
+        print("error: --examples must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        model, corpus, config = load_run(args.run)
+        if args.checkpoint:
+            model = UniterForPretraining.from_pretrained(args.run / "checkpoints" / args.checkpoint / "model")
+        dataset = ImageTextDataset(corpus, args.split, config.data.max_text_len, config.data.max_regions)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    examples = [dataset[i] for i in range(min(args.examples, len(dataset)))]
+    rows = layer_geometry(model.uniter.eval(), collate(examples))
+    print(f"{args.run} {args.checkpoint or '(newest checkpoint)'}, {len(examples)} {args.split} examples")
+    print("layer " + " ".join(f"{c:>15}" for c in COLUMNS))
+    for row in rows:
+        print(f"{row['layer']:>5} " + " ".join(f"{row[c]:>15.3f}" if c in row else f"{'':>15}" for c in COLUMNS))
+    if args.json:
+        from uniter_core.io import write_json
+        write_json(args.json, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
