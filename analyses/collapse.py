@@ -16,7 +16,6 @@ about zero for matching and mismatched pairs alike, and ITM's [CLS] barely chang
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from analyses.attention import load_run
 from uniter_core.data.dataset import ImageTextDataset, collate
+from uniter_core.io import write_json
 from uniter_core.pretrain import UniterForPretraining
 
 COLUMNS = ("word_word", "region_region", "word_region", "word_to_regions", "cls_to_regions", "region_to_text")
@@ -85,7 +85,6 @@ def main(argv=None) -> int:
     for row in rows:
         print(f"{row['layer']:>5} " + " ".join(f"{row[c]:>15.3f}" if c in row else f"{'':>15}" for c in COLUMNS))
     if args.json:
-        from uniter_core.io import write_json
         write_json(args.json, rows)
     return 0
 

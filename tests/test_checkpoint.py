@@ -123,7 +123,6 @@ def test_from_pretrained_refuses_folders_that_do_not_fit(tmp_path):
         UniterForPretraining.from_pretrained(tmp_path / "run")
 
 
-
 def test_feature_mean_travels_with_the_weights_and_may_be_absent(tmp_path):
     """A saved feat_mean comes back; checkpoints without it (official ones, older folders) load with zeros."""
     config = tiny_config()
