@@ -182,24 +182,53 @@ def test_text_only_and_image_only_inputs():
               batch["attn_masks"])
 
 
-def test_unpadded_encoder_matches_the_padded_one_on_real_positions_and_gradients():
+@pytest.mark.parametrize("varlen", [False, True], ids=["padded-attention", "varlen-attention"])
+def test_unpadded_encoder_matches_the_padded_one_on_real_positions_and_gradients(varlen):
     config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = UniterModel(config).train()
     batch = make_batch(config)
     real = batch["attn_masks"].bool()
     padded = model.forward_batch(batch).last_hidden_state
-    padded[real].pow(2).sum().backward()
+    # A random read-out, not pow(2).sum(): the final LayerNorm makes each row's sum of squares constant, so that
+    # loss has near-zero gradients made of rounding noise.
+    probe = torch.randn(padded[real].shape, generator=torch.Generator().manual_seed(0))
+    (padded[real] * probe).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    model.unpad_tokens = True
+    model.unpad_tokens, model.varlen_attention = True, varlen
     unpadded = model.forward_batch(batch).last_hidden_state
     assert unpadded.shape == padded.shape
     torch.testing.assert_close(unpadded[real], padded[real], atol=1e-5, rtol=1e-5)
     assert unpadded[~real].abs().max() == 0  # padding rows come back as zeros
-    unpadded[real].pow(2).sum().backward()
+    (unpadded[real] * probe).sum().backward()
     for name, parameter in model.named_parameters():
         if name in grads:
             torch.testing.assert_close(parameter.grad, grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_varlen_attention_applies_dropout_in_training_and_refuses_non_prefix_masks():
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5)
+    model = UniterModel(config)
+    model.unpad_tokens = model.varlen_attention = True
+    batch = make_batch(config)
+    real = batch["attn_masks"].bool()
+    model.eval()
+    reference = model.forward_batch(batch).last_hidden_state
+    model.varlen_attention = False
+    torch.testing.assert_close(model.forward_batch(batch).last_hidden_state, reference, atol=1e-5, rtol=1e-5)
+    model.varlen_attention = True
+    model.train()
+    torch.manual_seed(0)
+    dropped = model.forward_batch(batch).last_hidden_state
+    assert torch.isfinite(dropped).all()
+    assert (dropped[real] - reference[real]).abs().max() > 1e-3  # attention dropout is active
+    torch.manual_seed(0)
+    torch.testing.assert_close(model.forward_batch(batch).last_hidden_state, dropped)  # and seeded
+    holes = batch["attn_masks"].clone()
+    holes[0, 1] = 0  # a gap inside the first row: not UNITER's packing
+    with pytest.raises(ValueError, match="padding last"):
+        model(batch["input_ids"], batch["position_ids"], batch["img_feat"], batch["img_pos_feat"], holes,
+              batch["gather_index"])
 
 
 def test_unpadded_switch_keeps_hooks_and_attentions_in_the_padded_layout():

@@ -219,12 +219,13 @@ def test_every_task_runs_under_bf16_autocast(task):
     assert model.uniter.encoder.layer[0].attention.self.query.weight.grad is not None
 
 
+@pytest.mark.parametrize("varlen", [False, True], ids=["padded-attention", "varlen-attention"])
 @pytest.mark.parametrize("task", ["mlm", "mrfr", "mrc", "mrckl", "itm"])
-def test_every_task_loss_is_unchanged_by_the_unpadded_encoder(task):
+def test_every_task_loss_is_unchanged_by_the_unpadded_encoder(task, varlen):
     config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = UniterForPretraining(config).train()
     batch = {"mlm": mlm_batch, "itm": itm_batch}.get(task, mrm_batch)(config)
     padded, _ = task_loss(task, model(batch, task), config.itm_ot_lambda)
-    model.uniter.unpad_tokens = True
+    model.uniter.unpad_tokens, model.uniter.varlen_attention = True, varlen
     unpadded, _ = task_loss(task, model(batch, task), config.itm_ot_lambda)
     torch.testing.assert_close(unpadded, padded, atol=1e-5, rtol=1e-5)

@@ -109,10 +109,12 @@ def test_training_logs_every_task_and_evaluates(tiny_corpus, tmp_path):
     ("tasks.mix={itm: 1, vqa: 1}", "unknown tasks"),
     ("run.threads=-1", "run.threads must be >= 0"),
     ("optim.image_lr_scale=0", "optim.image_lr_scale must be > 0"),
+    (("run.varlen_attention=true", "run.unpad=false"), "run.varlen_attention needs run.unpad"),
 ])
 def test_bad_config_fails_before_any_work(tiny_corpus, tmp_path, capsys, override, message):
     out = tmp_path / "run"
-    assert train.main(["--out", str(out), *tiny_overrides(tiny_corpus), override]) == 2
+    overrides = [override] if isinstance(override, str) else list(override)
+    assert train.main(["--out", str(out), *tiny_overrides(tiny_corpus), *overrides]) == 2
     assert message in capsys.readouterr().err
     assert not (out / "checkpoints").exists()
 
@@ -170,18 +172,19 @@ def test_weight_decay_spares_biases_and_every_layer_norm():
 
 
 def test_unpadded_and_compiled_training_follow_the_plain_run(tiny_corpus, tmp_path):
-    """run.unpad (the default) and run.compile change speed, not the computation: without dropout, the per-step
-    losses of three short runs agree."""
+    """run.unpad (the default), run.varlen_attention and run.compile change speed, not the computation: without
+    dropout, the per-step losses of four short runs agree."""
     common = [*tiny_overrides(tiny_corpus, steps=4, save_every=4), "tasks.mix={itm: 1, mlm: 1, mrfr: 1}",
               "model.overrides={num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 4, "
               "intermediate_size: 64, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"]
     runs = {}
     for name, switches in {"plain": ["run.unpad=false", "run.threads=1"], "unpadded": ["run.unpad=true"],
-                           "compiled": ["run.unpad=true", "run.compile=true"]}.items():
+                           "compiled": ["run.unpad=true", "run.compile=true"],
+                           "varlen": ["run.unpad=true", "run.varlen_attention=true"]}.items():
         assert train.main(["--out", str(tmp_path / name), "--no-eval", *common, *switches]) == 0
         runs[name] = losses(tmp_path / name)
     assert len(runs["plain"]) == 4
-    for name in ("unpadded", "compiled"):
+    for name in ("unpadded", "compiled", "varlen"):
         for step, (task, loss) in runs["plain"].items():
             assert runs[name][step][0] == task
             assert runs[name][step][1] == pytest.approx(loss, rel=1e-4, abs=1e-5), (name, step)

@@ -8,10 +8,12 @@ and `regions` region features (lengths jittered per example, as in real data, an
 Prints median tokens/s of each and the ratio, measured in the same run. On CUDA the steps use bf16 autocast
 and the fused AdamW (both models alike).
 
-UNITER is timed in up to three variants: padded (every position of the [batch, longest] packing goes through
-every layer), unpadded (`UniterModel.unpad_tokens`: position-wise layers on real tokens only), and with
-`--compile` also unpadded + torch.compile of the encoder; `--compile` compiles the BertModel too, so both
-compiled numbers are printed beside the plain ones.
+UNITER is timed in several variants: padded (every position of the [batch, longest] packing goes through
+every layer), unpadded (`UniterModel.unpad_tokens`: position-wise layers on real tokens only, attention on the
+padded view), varlen (`UniterModel.varlen_attention`: attention on the packed tokens too, variable-length flash
+attention on CUDA), and with `--compile` the last two again with torch.compile of the encoder; `--compile`
+compiles the BertModel too, so both compiled numbers are printed beside the plain ones. `--profile` prints
+each variant's most expensive kernels (torch.profiler, 3 steps) to show where the time goes.
 """
 from __future__ import annotations
 
@@ -65,6 +67,42 @@ def time_steps(step, warmup: int, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
+@torch.no_grad()
+def check_variants(uniter: UniterForPretraining, batch: dict, autocast, tolerance: float) -> bool:
+    """Eval-mode final states of the unpadded and varlen encoders against the padded one, on real positions."""
+    model, real = uniter.uniter, batch["attn_masks"].bool()
+    was_training = uniter.training
+    uniter.eval()
+    states = {}
+    for label, unpad, varlen in (("padded", False, False), ("unpadded", True, False), ("varlen", True, True)):
+        model.unpad_tokens, model.varlen_attention = unpad, varlen
+        with autocast:
+            states[label] = model.forward_batch(batch).last_hidden_state[real].float()
+    uniter.train(was_training)
+    ok = True
+    for label in ("unpadded", "varlen"):
+        error = float((states[label] - states["padded"]).abs().max())
+        ok &= error <= tolerance
+        print(f"check: {label} vs padded, max abs difference of the final states {error:.2e} "
+              f"({'ok' if error <= tolerance else 'FAILED'}, tolerance {tolerance:.0e})")
+    return ok
+
+
+def profile_steps(label: str, step, device: torch.device, rows: int = 12) -> None:
+    """Print the `rows` kernels (CUDA) or operators (CPU) that take the most time over 3 steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"--- profile: {label} (3 steps) ---")
+    print(prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="uniter-base")
@@ -76,6 +114,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd encoders (both models)")
+    p.add_argument("--profile", action="store_true", help="print each variant's most expensive kernels")
+    p.add_argument("--check", action="store_true",
+                   help="first check that the unpadded and varlen encoders give the padded one's states")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     config = UniterConfig.from_preset(args.preset)
@@ -87,6 +128,8 @@ def main(argv=None) -> int:
     real_tokens = int(batch["attn_masks"].sum())
     uniter = UniterForPretraining(config).to(device)
     uniter_opt = build_optimizer(uniter, 1e-5)
+    if args.check and not check_variants(uniter, batch, autocast, 5e-2 if device.type == "cuda" else 1e-4):
+        return 1
 
     def uniter_step():
         with autocast:
@@ -112,16 +155,23 @@ def main(argv=None) -> int:
         bert_opt.zero_grad(set_to_none=True)
 
     results = {}  # name -> median seconds per step
-    results["BertModel (SDPA)"] = time_steps(bert_step, args.warmup, args.repeats, device)
-    uniter.uniter.unpad_tokens = False
-    results["UNITER padded"] = time_steps(uniter_step, args.warmup, args.repeats, device)
-    uniter.uniter.unpad_tokens = True
-    results["UNITER unpadded"] = time_steps(uniter_step, args.warmup, args.repeats, device)
+
+    def measure(label: str, step, unpad: bool = False, varlen: bool = False) -> None:
+        uniter.uniter.unpad_tokens, uniter.uniter.varlen_attention = unpad, varlen
+        results[label] = time_steps(step, args.warmup, args.repeats, device)
+        if args.profile:
+            profile_steps(label, step, device)
+
+    measure("BertModel (SDPA)", bert_step)
+    measure("UNITER padded", uniter_step)
+    measure("UNITER unpadded", uniter_step, unpad=True)
+    measure("UNITER varlen", uniter_step, unpad=True, varlen=True)
     if args.compile:
         bert.encoder.compile()
-        results["BertModel compiled"] = time_steps(bert_step, args.warmup, args.repeats, device)
+        measure("BertModel compiled", bert_step)
         uniter.uniter.encoder.compile(dynamic=True)  # dynamic: the number of real tokens changes per batch
-        results["UNITER unpadded compiled"] = time_steps(uniter_step, args.warmup, args.repeats, device)
+        measure("UNITER unpadded compiled", uniter_step, unpad=True)
+        measure("UNITER varlen compiled", uniter_step, unpad=True, varlen=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {name}, torch {torch.__version__}, preset {args.preset}, task {args.task}, batch {args.batch}, "
           f"{real_tokens} real tokens per step (UNITER packs {batch['attn_masks'].numel()} positions; "

@@ -113,18 +113,28 @@ class SequenceLayout:
 @dataclass(frozen=True)
 class PackedTokens:
     """The real (non-padding) positions of a padded [B, L] batch, flattened: position-wise layers (the linear
-    maps, LayerNorm, GELU, dropout) then run on [n_real, hidden] rows only and skip the padding's work; only
-    attention needs the padded [B, L] view back. Real positions get exactly the padded path's values, because
-    padding never enters a real position's computation (it is masked out of attention)."""
+    maps, LayerNorm, GELU, dropout) then run on [n_real, hidden] rows only and skip the padding's work; attention
+    takes the padded [B, L] view back, or with `offsets` runs on the packed rows as well (variable-length
+    attention). Real positions get the padded path's values, because padding never enters a real position's
+    computation (it is masked out of attention)."""
 
     index: torch.Tensor  # [n_real] indices into the flattened B * L positions
     batch: int
     seq_len: int
+    offsets: torch.Tensor | None = None  # [B + 1] row starts in the packed rows, for variable-length attention
 
     @classmethod
-    def from_mask(cls, attention_mask: torch.Tensor) -> "PackedTokens":
+    def from_mask(cls, attention_mask: torch.Tensor, with_offsets: bool = False) -> "PackedTokens":
+        """`with_offsets` needs every row's real positions first (UNITER's packing: text, regions, padding)."""
         index = attention_mask.flatten().nonzero().squeeze(1)
-        return cls(index, attention_mask.size(0), attention_mask.size(1))
+        offsets = None
+        if with_offsets:
+            lengths = attention_mask.sum(1)
+            prefix = torch.arange(attention_mask.size(1), device=lengths.device) < lengths[:, None]
+            if not torch.equal(prefix, attention_mask.bool()):
+                raise ValueError("varlen attention needs each row's real positions first and padding last")
+            offsets = F.pad(lengths.cumsum(0), (1, 0))
+        return cls(index, attention_mask.size(0), attention_mask.size(1), offsets)
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, ...] -> [n_real, ...]"""
@@ -182,6 +192,8 @@ class UniterSelfAttention(BertSelfAttention):
     def forward(self, hidden_states, attention_mask, output_attentions: bool = False,
                 packed: PackedTokens | None = None):
         q, k, v = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
+        if packed is not None and packed.offsets is not None:
+            return self._varlen_attention(q, k, v, packed), None
         if packed is not None:  # hidden_states are [n_real, hidden]: attention needs the padded view
             q, k, v = packed.pad(q), packed.pad(k), packed.pad(v)
         b, n, _ = q.shape
@@ -198,6 +210,21 @@ class UniterSelfAttention(BertSelfAttention):
                                                      dropout_p=self.dropout.p if self.training else 0.0)
         context = context.transpose(1, 2).reshape(b, n, self.all_head_size)
         return (packed.unpad(context) if packed is not None else context), probs
+
+    def _varlen_attention(self, q, k, v, packed: PackedTokens) -> torch.Tensor:
+        """Attention on the packed [n_real, hidden] rows without re-padding: the rows become a jagged nested
+        tensor [B, heads, (length), head_dim], which SDPA runs as variable-length flash attention on CUDA
+        (with dropout, unlike torch's varlen_attn) and with its math kernel elsewhere. No mask is needed:
+        each example attends to its own rows only."""
+        heads = (q.size(0), self.num_attention_heads, self.attention_head_size)
+
+        def jagged(t):
+            return torch.nested.nested_tensor_from_jagged(t.view(heads), packed.offsets,
+                                                          max_seqlen=packed.seq_len).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v), scale=self.scaling,
+                                                 dropout_p=self.dropout.p if self.training else 0.0)
+        return context.transpose(1, 2).values().reshape(q.size(0), self.all_head_size)
 
 
 class UniterAttention(nn.Module):
@@ -295,6 +322,9 @@ class UniterModel(UniterPreTrainedModel):
         # Run the encoder on real tokens only (PackedTokens) when neither attentions nor hidden states are asked
         # for. A speed switch, not part of the config: outputs are the same (padding rows come back as zeros).
         self.unpad_tokens = False
+        # With unpad_tokens: attention on the packed rows too (variable-length flash attention on CUDA; on CPU
+        # the nested-tensor math kernel is slower than the padded one). Same outputs, another speed switch.
+        self.varlen_attention = False
         self.init_weights()
 
     def embed(self, input_ids, position_ids, img_feat, img_pos_feat, gather_index=None, img_masks=None,
@@ -326,7 +356,7 @@ class UniterModel(UniterPreTrainedModel):
                                                      gather_index, img_masks, txt_type_ids, img_type_ids))
         packed = None
         if self.unpad_tokens and not (output_attentions or output_hidden_states):
-            packed = PackedTokens.from_mask(attention_mask)
+            packed = PackedTokens.from_mask(attention_mask, with_offsets=self.varlen_attention)
             embeddings = packed.unpad(embeddings)
         hidden, all_hidden, all_attn = self.encoder(embeddings, extended_mask, output_attentions,
                                                     output_hidden_states, packed)

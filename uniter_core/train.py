@@ -175,6 +175,7 @@ class Trainer:
                       else build_model(config, self.train_set))
         self.model.to(device)
         self.model.uniter.unpad_tokens = config.run.unpad
+        self.model.uniter.varlen_attention = config.run.varlen_attention
         if config.run.compile:  # in place: parameter names and checkpoints stay as they are
             self.model.uniter.encoder.compile(dynamic=True)  # dynamic: token counts change every batch
         self.ddp = None

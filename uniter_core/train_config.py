@@ -78,6 +78,9 @@ class RunSection:
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast, used on CUDA only
     unpad: bool = True  # position-wise layers on real tokens only (UniterModel.unpad_tokens); same results
+    # with unpad, attention on the packed tokens too (UniterModel.varlen_attention): variable-length flash
+    # attention on CUDA; on CPU slower than the padded attention
+    varlen_attention: bool = False
     threads: int = 0  # torch intra-op CPU threads (0: torch's default); fixing it makes CPU runs repeatable
     compile: bool = False  # torch.compile the encoder (GPU: 1.19x the eager step, BENCHMARKS.md; slow to start)
     sync_check: bool = False  # distributed runs: log whether all ranks hold identical weights after each step
@@ -185,5 +188,7 @@ def validate(config: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: optim.image_lr_scale must be > 0 (1: the same learning rate as the rest)")
     if config.run.threads < 0:
         raise ConfigError(f"{where}: run.threads must be >= 0 (0: torch's default)")
+    if config.run.varlen_attention and not config.run.unpad:
+        raise ConfigError(f"{where}: run.varlen_attention needs run.unpad (attention on the packed tokens)")
     if config.run.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"{where}: run.device must be auto, cpu or cuda")
