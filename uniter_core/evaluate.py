@@ -175,7 +175,11 @@ def main(argv=None) -> int:
             continue
         torch.manual_seed(0)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        result = evaluate_model(make().to(device), corpus, args.split, config, args.candidates)
+        model = make().to(device)
+        # The run's speed switches, as in the evaluation at the end of training (same results, no work on padding)
+        model.uniter.unpad_tokens = config.run.unpad
+        model.uniter.varlen_attention = config.run.varlen_attention
+        result = evaluate_model(model, corpus, args.split, config, args.candidates)
         suffix = "" if name == "pretrained" else "_baseline"
         source = latest.name if name == "pretrained" else f"initialisation ({config.model.init})"
         write_json(args.run / f"eval_{args.split}{suffix}.json", {"checkpoint": source, **result})
