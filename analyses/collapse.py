@@ -9,6 +9,10 @@ embedding output), averaged over examples, within each example:
                                           [SEP] excluded), of different regions, and of a word-piece and a region
   word_to_regions, cls_to_regions,        share of the attention of word-piece rows, of the [CLS] row and of
   region_to_text                          region rows that lands on the other modality (all heads averaged)
+  word_box_ot                             WRA's transport plan computed on this layer's states: share of the
+                                          grounded word-pieces whose largest mass lands on their own box (as
+                                          the evaluation's alignment accuracy does on the last layer; chance
+                                          level printed in the header)
 
 Cosines near 1 in the last layers mean the states have collapsed to one direction: WRA's cosine costs are then
 about zero for matching and mismatched pairs alike, and ITM's [CLS] barely changes between examples.
@@ -24,10 +28,12 @@ import torch.nn.functional as F
 
 from analyses.attention import load_run
 from uniter_core.data.dataset import ImageTextDataset, collate
+from uniter_core.evaluate import alignment_hits
 from uniter_core.io import write_json
 from uniter_core.pretrain import UniterForPretraining
 
-COLUMNS = ("word_word", "region_region", "word_region", "word_to_regions", "cls_to_regions", "region_to_text")
+COLUMNS = ("word_word", "region_region", "word_region", "word_to_regions", "cls_to_regions", "region_to_text",
+           "word_box_ot")
 
 
 def _mean_off_diagonal(similarity: torch.Tensor) -> float:
@@ -36,13 +42,15 @@ def _mean_off_diagonal(similarity: torch.Tensor) -> float:
 
 
 @torch.inference_mode()
-def layer_geometry(uniter, batch: dict) -> list[dict[str, float]]:
+def layer_geometry(uniter, batch: dict, examples: list[dict] | None = None) -> list[dict[str, float]]:
     """One row per layer (embeddings first) with the COLUMNS averaged over the batch's examples; the attention
-    columns are absent from the embeddings row."""
+    columns are absent from the embeddings row, word_box_ot without `examples` (the collated ones, whose
+    'alignment' gives the grounded word-pieces) or when none is grounded."""
     output = uniter.forward_batch(batch, output_hidden_states=True, output_attentions=True)
     spans = [(t, n) for t, n in zip(batch["txt_lens"], batch["num_bbs"])]
     rows = []
     for layer, hidden in enumerate(output.hidden_states):
+        hits, grounded, chance = alignment_hits(hidden, batch, examples, uniter.config) if examples else (0, 0, 0.0)
         values: dict[str, list[float]] = {c: [] for c in COLUMNS}
         probs = output.attentions[layer - 1].float() if layer else None
         for k, (tl, nb) in enumerate(spans):
@@ -55,7 +63,10 @@ def layer_geometry(uniter, batch: dict) -> list[dict[str, float]]:
                 values["word_to_regions"].append(float(probs[k, :, 1:tl - 1, tl:tl + nb].sum(-1).mean()))
                 values["cls_to_regions"].append(float(probs[k, :, 0, tl:tl + nb].sum(-1).mean()))
                 values["region_to_text"].append(float(probs[k, :, tl:tl + nb, :tl].sum(-1).mean()))
-        rows.append({"layer": layer, **{c: sum(v) / len(v) for c, v in values.items() if v}})
+        row = {"layer": layer, **{c: sum(v) / len(v) for c, v in values.items() if v}}
+        if grounded:
+            row.update(word_box_ot=hits / grounded, grounded_words=grounded, word_box_chance=chance / grounded)
+        rows.append(row)
     return rows
 
 
@@ -79,8 +90,10 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     examples = [dataset[i] for i in range(min(args.examples, len(dataset)))]
-    rows = layer_geometry(model.uniter.eval(), collate(examples))
-    print(f"{args.run} {args.checkpoint or '(newest checkpoint)'}, {len(examples)} {args.split} examples")
+    rows = layer_geometry(model.uniter.eval(), collate(examples), examples)
+    grounded = (f", {rows[0]['grounded_words']} grounded word-pieces (word_box_ot chance level "
+                f"{rows[0]['word_box_chance']:.3f})" if "grounded_words" in rows[0] else "")
+    print(f"{args.run} {args.checkpoint or '(newest checkpoint)'}, {len(examples)} {args.split} examples{grounded}")
     print("layer " + " ".join(f"{c:>15}" for c in COLUMNS))
     for row in rows:
         print(f"{row['layer']:>5} " + " ".join(f"{row[c]:>15.3f}" if c in row else f"{'':>15}" for c in COLUMNS))

@@ -285,6 +285,9 @@ def test_collapse_cli_reports_every_layer(tiny_run, tmp_path, capsys):
     assert "word_to_regions" not in rows[0] and all(0 <= r["cls_to_regions"] <= 1 for r in rows[1:])
     assert all(-1 <= r[c] <= 1 for r in rows for c in ("word_word", "region_region", "word_region"))
     assert "word_region" in captured.out
+    # grounding per layer: the evaluation's alignment measure on every layer's states, chance in the header
+    assert all(0 <= r["word_box_ot"] <= 1 and r["grounded_words"] == rows[0]["grounded_words"] > 0 for r in rows)
+    assert f"{rows[0]['grounded_words']} grounded word-pieces" in captured.out
     code, captured = run(collapse, ["--run", tiny_run, "--checkpoint", "step_00000999"], capsys)
     assert code == 2 and "step_00000999" in captured.err
     code, captured = run(collapse, ["--run", tiny_run, "--examples", 0], capsys)

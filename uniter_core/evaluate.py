@@ -97,36 +97,47 @@ def masked_modelling(model, dataset: ImageTextDataset, max_examples: int = 500, 
             "mrckl_kl": kl_sum / max(regions, 1), "mrm_regions": int(regions)}
 
 
+def alignment_hits(hidden: torch.Tensor, batch: dict, examples: list[dict], config) -> tuple[int, int, float]:
+    """WRA's transport plan over hidden states [B, L, H] of the true pairs (collated `examples`; `config`: the
+    UniterConfig's OT settings): (grounded word-pieces whose largest mass lands on one of their boxes, grounded
+    word-pieces, summed chance level)."""
+    hidden = hidden.float()
+    txt_lens, num_bbs = batch["txt_lens"], batch["num_bbs"]
+    max_t, max_k = max(txt_lens), max(num_bbs)
+    txt_pad = torch.arange(max_t, device=hidden.device) >= torch.tensor(txt_lens, device=hidden.device)[:, None]
+    img_pad = torch.arange(max_k, device=hidden.device) >= torch.tensor(num_bbs, device=hidden.device)[:, None]
+    txt_emb = torch.zeros(len(examples), max_t, hidden.size(-1), device=hidden.device)
+    img_emb = torch.zeros(len(examples), max_k, hidden.size(-1), device=hidden.device)
+    for b, (tl, nbb) in enumerate(zip(txt_lens, num_bbs)):
+        txt_emb[b, :tl] = hidden[b, :tl]
+        img_emb[b, :nbb] = hidden[b, tl:tl + nbb]
+    cost = cost_matrix_cosine(txt_emb, img_emb).masked_fill(txt_pad[:, :, None] | img_pad[:, None, :], 0)
+    plan = ipot(cost, txt_pad, img_pad, config.ot_beta, config.ot_iteration, config.ot_k, config.ot_solver)
+    hits = words = 0
+    chance = 0.0
+    for b, example in enumerate(examples):
+        truth: dict[int, set[int]] = {}
+        for position, region in example.get("alignment") or ():
+            truth.setdefault(position, set()).add(region)
+        for position, regions in truth.items():
+            hits += int(int(plan[b, position].argmax()) in regions)
+            chance += len(regions) / num_bbs[b]
+            words += 1
+    return hits, words, chance
+
+
 @torch.inference_mode()
 def alignment_accuracy(model, dataset: ImageTextDataset, max_examples: int = 500, batch_size: int = 64) -> dict:
     """Share of grounded word-pieces whose largest transport mass lands on one of their ground-truth boxes."""
     indices = [i for i, t in enumerate(dataset.texts) if t.get("alignment")][:max_examples]
     hits = words = 0
     chance = 0.0
-    config = model.config
     for chunk in _batches(indices, batch_size):
         examples = [dataset[i] for i in chunk]
         batch = _to(collate(examples), model.device)
-        hidden = model.uniter.forward_batch(batch).last_hidden_state.float()
-        txt_lens, num_bbs = batch["txt_lens"], batch["num_bbs"]
-        max_t, max_k = max(txt_lens), max(num_bbs)
-        txt_pad = torch.arange(max_t, device=hidden.device) >= torch.tensor(txt_lens, device=hidden.device)[:, None]
-        img_pad = torch.arange(max_k, device=hidden.device) >= torch.tensor(num_bbs, device=hidden.device)[:, None]
-        txt_emb = torch.zeros(len(examples), max_t, hidden.size(-1), device=hidden.device)
-        img_emb = torch.zeros(len(examples), max_k, hidden.size(-1), device=hidden.device)
-        for b, (tl, nbb) in enumerate(zip(txt_lens, num_bbs)):
-            txt_emb[b, :tl] = hidden[b, :tl]
-            img_emb[b, :nbb] = hidden[b, tl:tl + nbb]
-        cost = cost_matrix_cosine(txt_emb, img_emb).masked_fill(txt_pad[:, :, None] | img_pad[:, None, :], 0)
-        plan = ipot(cost, txt_pad, img_pad, config.ot_beta, config.ot_iteration, config.ot_k, config.ot_solver)
-        for b, example in enumerate(examples):
-            truth: dict[int, set[int]] = {}
-            for position, region in example["alignment"]:
-                truth.setdefault(position, set()).add(region)
-            for position, regions in truth.items():
-                hits += int(int(plan[b, position].argmax()) in regions)
-                chance += len(regions) / num_bbs[b]
-                words += 1
+        hidden = model.uniter.forward_batch(batch).last_hidden_state
+        chunk_hits, chunk_words, chunk_chance = alignment_hits(hidden, batch, examples, model.config)
+        hits, words, chance = hits + chunk_hits, words + chunk_words, chance + chunk_chance
     return {"alignment_accuracy": hits / max(words, 1), "alignment_chance": chance / max(words, 1),
             "aligned_words": words}
 
