@@ -1,6 +1,6 @@
 """How alike the hidden states are, layer by layer, and how much attention crosses between the modalities.
 
-    python -m analyses.collapse --run runs/pretrain-mini [--checkpoint step_00000100] [--split val] [--examples 48]
+    python -m analyses.collapse --run runs/pretrain-mini [--checkpoint step_00000100|init] [--split val] [--examples 48]
 
 The diagnostics of image-text matching's plateau (BENCHMARKS.md, the demo pre-training run). Per layer (0 is the
 embedding output), averaged over examples, within each example:
@@ -31,6 +31,7 @@ from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.evaluate import alignment_hits
 from uniter_core.io import write_json
 from uniter_core.pretrain import UniterForPretraining
+from uniter_core.train import build_model
 
 COLUMNS = ("word_word", "region_region", "word_region", "word_to_regions", "cls_to_regions", "region_to_text",
            "word_box_ot")
@@ -73,7 +74,8 @@ def layer_geometry(uniter, batch: dict, examples: list[dict] | None = None) -> l
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, required=True, help="run folder written by uniter_core.train")
-    p.add_argument("--checkpoint", help="checkpoint name under RUN/checkpoints, e.g. step_00000100 (default: newest)")
+    p.add_argument("--checkpoint", help="checkpoint name under RUN/checkpoints, e.g. step_00000100 (default: newest), "
+                                        "or init: the run's initialisation (its config and seed, before step 1)")
     p.add_argument("--split", default="val")
     p.add_argument("--examples", type=int, default=48, help="the first N examples of the split")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
@@ -83,7 +85,11 @@ def main(argv=None) -> int:
         return 2
     try:
         model, corpus, config = load_run(args.run)
-        if args.checkpoint:
+        if args.checkpoint == "init":
+            config.data.corpus = str(corpus)
+            torch.manual_seed(config.run.seed)  # as uniter_core.train seeds before it builds the model
+            model = build_model(config)
+        elif args.checkpoint:
             model = UniterForPretraining.from_pretrained(args.run / "checkpoints" / args.checkpoint / "model")
         dataset = ImageTextDataset(corpus, args.split, config.data.max_text_len, config.data.max_regions)
     except (FileNotFoundError, ValueError) as error:

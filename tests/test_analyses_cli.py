@@ -1,5 +1,6 @@
 """Command-line tools: classify_maps (good and bad files), train_classifier (with and without gold), export_stats."""
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -292,6 +293,32 @@ def test_collapse_cli_reports_every_layer(tiny_run, tmp_path, capsys):
     assert code == 2 and "step_00000999" in captured.err
     code, captured = run(collapse, ["--run", tiny_run, "--examples", 0], capsys)
     assert code == 2 and "--examples" in captured.err
+
+
+def test_collapse_of_the_initialisation_rebuilds_the_seeded_model(tiny_run, tmp_path, capsys):
+    """--checkpoint init: the model uniter_core.train starts from (its config, seeded with run.seed)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    config = json.loads((run_dir / "train_config.json").read_text())
+    config["model"]["init"], config["run"]["seed"] = "random", 5
+    write_json(run_dir / "train_config.json", config)
+    rows = []
+    for _ in range(2):
+        code, captured = run(collapse, ["--run", run_dir, "--split", "test", "--examples", 3, "--checkpoint", "init",
+                                        "--json", tmp_path / "rows.json"], capsys)
+        assert code == 0, captured.err
+        rows.append(json.loads((tmp_path / "rows.json").read_text()))
+    assert rows[0] == rows[1]
+    torch.manual_seed(5)
+    model = UniterForPretraining(UniterConfig.from_preset("uniter-mini", **config["model"]["overrides"]))
+    dataset = ImageTextDataset(config["data"]["corpus"], "test")
+    examples = [dataset[i] for i in range(3)]
+    expected = collapse.layer_geometry(model.uniter.eval(), collate(examples), examples)
+    assert [row.keys() for row in rows[0]] == [row.keys() for row in expected]
+    for got, want in zip(rows[0], expected):
+        assert got == pytest.approx(want)
+    newest = collapse.layer_geometry(load_run(run_dir)[0].uniter.eval(), collate(examples), examples)
+    assert rows[0][-1]["word_word"] != pytest.approx(newest[-1]["word_word"])  # not the trained checkpoint
 
 
 def test_collapse_measures_identical_states_and_uniform_attention(tiny_run, tiny_corpus):
