@@ -179,6 +179,7 @@ class Trainer:
         if config.run.compile:  # in place: parameter names and checkpoints stay as they are
             self.model.uniter.encoder.compile(dynamic=True)  # dynamic: token counts change every batch
         self.ddp = None
+        self._last_sync_check = None  # run.sync_check's latest collective (see params_in_sync)
         if self.world_size > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -246,11 +247,17 @@ class Trainer:
     @torch.no_grad()
     def params_in_sync(self) -> bool:
         """Whether every rank holds bit-identical weights (a checksum per tensor, compared across ranks)."""
-        checksums = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).cpu()
+        checksums = torch.stack([p.detach().double().sum() for p in self.model.parameters()])
         if self.world_size == 1:
             return True
         gathered = [torch.empty_like(checksums) for _ in range(self.world_size)]
-        dist.all_gather_object(gathered, checksums)
+        work = dist.all_gather(gathered, checksums, async_op=True)
+        work.wait()
+        # Keep the collective (and so its tensors) alive until the next check. Otherwise a gloo worker thread may
+        # drop the last reference after we return and free tensors that Python created, which takes the GIL;
+        # if that thread is late, the main thread can already hold the GIL while it joins the worker threads at
+        # shutdown, and the process hangs after its last step.
+        self._last_sync_check = work
         return all(torch.equal(gathered[0], g) for g in gathered[1:])
 
     def save(self) -> None:
