@@ -165,7 +165,6 @@ def main(argv=None) -> int:
         bert_opt.zero_grad(set_to_none=True)
 
     results = {}  # name -> median seconds per step
-
     failed = {}  # name -> error: one variant failing (say, a compiler error on one device) keeps the others
 
     def measure(label: str, step, unpad: bool = False, varlen: bool = False) -> None:

@@ -24,7 +24,7 @@ import torch
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.io import write_json
 from uniter_core.ot import cost_matrix_cosine, ipot
-from uniter_core.pretrain import UniterForPretraining
+from uniter_core.pretrain import UniterForPretraining, split_text_regions
 from uniter_core.tasks import MlmDataset, MrmDataset, mlm_collate, mrm_collate
 from uniter_core.train_config import TrainConfig
 
@@ -101,16 +101,10 @@ def alignment_hits(hidden: torch.Tensor, batch: dict, examples: list[dict], conf
     """WRA's transport plan over hidden states [B, L, H] of the true pairs (collated `examples`; `config`: the
     UniterConfig's OT settings): (grounded word-pieces whose largest mass lands on one of their boxes, grounded
     word-pieces, summed chance level)."""
-    hidden = hidden.float()
     txt_lens, num_bbs = batch["txt_lens"], batch["num_bbs"]
-    max_t, max_k = max(txt_lens), max(num_bbs)
-    txt_pad = torch.arange(max_t, device=hidden.device) >= torch.tensor(txt_lens, device=hidden.device)[:, None]
-    img_pad = torch.arange(max_k, device=hidden.device) >= torch.tensor(num_bbs, device=hidden.device)[:, None]
-    txt_emb = torch.zeros(len(examples), max_t, hidden.size(-1), device=hidden.device)
-    img_emb = torch.zeros(len(examples), max_k, hidden.size(-1), device=hidden.device)
-    for b, (tl, nbb) in enumerate(zip(txt_lens, num_bbs)):
-        txt_emb[b, :tl] = hidden[b, :tl]
-        img_emb[b, :nbb] = hidden[b, tl:tl + nbb]
+    txt_pad = torch.arange(max(txt_lens), device=hidden.device) >= torch.tensor(txt_lens, device=hidden.device)[:, None]
+    img_pad = torch.arange(max(num_bbs), device=hidden.device) >= torch.tensor(num_bbs, device=hidden.device)[:, None]
+    txt_emb, img_emb = split_text_regions(hidden.float(), txt_pad, img_pad)
     cost = cost_matrix_cosine(txt_emb, img_emb).masked_fill(txt_pad[:, :, None] | img_pad[:, None, :], 0)
     plan = ipot(cost, txt_pad, img_pad, config.ot_beta, config.ot_iteration, config.ot_k, config.ot_solver)
     hits = words = 0

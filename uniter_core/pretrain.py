@@ -132,16 +132,21 @@ class UniterForPretraining(UniterPreTrainedModel):
         the regions of example b start right after its text in the packed sequence."""
         from uniter_core.ot import optimal_transport_dist
         txt_pad, img_pad = txt_pad.bool(), img_pad.bool()
-        hidden = sequence_output.float()
-        txt_emb = hidden[:, :txt_pad.size(1)].masked_fill(txt_pad.unsqueeze(-1), 0.0)
-        start = (~txt_pad).sum(dim=1, keepdim=True)
-        index = (start + torch.arange(img_pad.size(1), device=hidden.device)).clamp(max=hidden.size(1) - 1)
-        img_emb = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
-        img_emb = img_emb.masked_fill(img_pad.unsqueeze(-1), 0.0)
+        txt_emb, img_emb = split_text_regions(sequence_output.float(), txt_pad, img_pad)
         config = self.config
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
+        with torch.autocast(device_type=txt_emb.device.type, enabled=False):
             return optimal_transport_dist(txt_emb, img_emb, txt_pad, img_pad, beta=config.ot_beta,
                                           iteration=config.ot_iteration, k=config.ot_k, solver=config.ot_solver)
+
+
+def split_text_regions(hidden: torch.Tensor, txt_pad: torch.Tensor, img_pad: torch.Tensor):
+    """(text states [B, T, H], region states [B, K, H]) out of the packed sequence [B, L, H], zeros at the
+    padding (txt_pad [B, T], img_pad [B, K], bool, True = pad): example b's regions follow its own text."""
+    txt_emb = hidden[:, :txt_pad.size(1)].masked_fill(txt_pad.unsqueeze(-1), 0.0)
+    start = (~txt_pad).sum(dim=1, keepdim=True)
+    index = (start + torch.arange(img_pad.size(1), device=hidden.device)).clamp(max=hidden.size(1) - 1)
+    img_emb = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.size(-1)))
+    return txt_emb, img_emb.masked_fill(img_pad.unsqueeze(-1), 0.0)
 
 
 def _ot_pads(batch: dict):
