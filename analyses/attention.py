@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.data.tokenizer import load_tokenizer
+from uniter_core.errors import UserError
+from uniter_core.io import read_json
 from uniter_core.pretrain import UniterForPretraining
 from uniter_core.train_config import TrainConfig, config_from_dict
 from uniter_core.train_state import CheckpointManager
@@ -93,14 +95,14 @@ def load_run(run_dir: str | Path) -> tuple[UniterForPretraining, Path, TrainConf
     config_file = run_dir / "train_config.json"
     latest = CheckpointManager(run_dir).latest()
     if latest is None or not config_file.exists():
-        raise FileNotFoundError(f"{run_dir} is not a finished run folder (needs checkpoints/latest and "
-                                f"train_config.json; train with `python -m uniter_core.train`)")
-    config = config_from_dict(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
+        raise UserError(f"{run_dir} is not a finished run folder (needs an intact checkpoint in checkpoints/ and "
+                        f"train_config.json; train with `python -m uniter_core.train`)")
+    config = config_from_dict(read_json(config_file, "run config"), str(config_file))
     corpus = Path(config.data.corpus)
     if not corpus.is_absolute() and not corpus.exists() and (run_dir / corpus).exists():
         corpus = run_dir / corpus
     if not (corpus / "manifest.json").exists():
-        raise FileNotFoundError(f"{config_file}: data.corpus {corpus} is not a built corpus (no manifest.json)")
+        raise UserError(f"{config_file}: data.corpus {corpus} is not a built corpus (no manifest.json)")
     return UniterForPretraining.from_pretrained(latest / "model"), corpus, config
 
 
@@ -108,14 +110,17 @@ def load_official_checkpoint(checkpoint: str | Path, corpus_dir: str | Path, pre
                              **overrides) -> tuple[UniterForPretraining, Path, UniterConfig]:
     """(model, corpus folder, model config) for an official UNITER .pt file and a corpus whose features fit it
     (e.g. one converted from the official LMDB with uniter_core.data.official_db)."""
-    config = UniterConfig.from_preset(preset, **overrides)
+    try:
+        config = UniterConfig.from_preset(preset, **overrides)
+    except ValueError as error:
+        raise UserError(f"--preset {preset}: {error}") from None
     corpus_dir = Path(corpus_dir)
     store_manifest = corpus_dir / "img_db" / "manifest.json"
     if not store_manifest.exists():
-        raise FileNotFoundError(f"{corpus_dir} is not a built corpus (no img_db/manifest.json)")
-    feature_dim = json.loads(store_manifest.read_text(encoding="utf-8"))["feature_dim"]
+        raise UserError(f"{corpus_dir} is not a built corpus (no img_db/manifest.json)")
+    feature_dim = read_json(store_manifest, "feature store manifest").get("feature_dim")
     if feature_dim != config.img_dim:
-        raise ValueError(f"{corpus_dir} has {feature_dim}-d region features but {preset} expects {config.img_dim}")
+        raise UserError(f"{corpus_dir} has {feature_dim}-d region features but {preset} expects {config.img_dim}")
     return UniterForPretraining.from_official_state_dict(checkpoint, config), corpus_dir, config
 
 

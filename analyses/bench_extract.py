@@ -21,6 +21,7 @@ import torch
 from analyses.attention import iter_example_attention, load_run
 from analyses.classifier import load_classifier
 from analyses.export_stats import per_map_table
+from uniter_core.cli import exit_with, run_command
 from uniter_core.data.dataset import ImageTextDataset, collate
 
 
@@ -38,7 +39,7 @@ def analysis(model, corpus, split: str, order: list[int], batch_size: int, class
     return len(per_map_table(examples, classifier))
 
 
-def main(argv=None) -> int:
+def bench_extract_command(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, default=Path("runs/pretrain-mini"))
     p.add_argument("--split", default="test")
@@ -79,5 +80,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(bench_extract_command, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

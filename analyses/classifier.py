@@ -29,6 +29,7 @@ import sklearn
 from sklearn.ensemble import ExtraTreesClassifier
 
 from analyses.patterns import FEATURE_NAMES, FEATURE_VERSION, PATTERNS, SCALAR_FEATURES, map_features
+from uniter_core.errors import UserError
 from uniter_core.io import atomic_path, write_json
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "head_classifier.joblib"
@@ -37,7 +38,7 @@ USED_FEATURES = {"scalar": [FEATURE_NAMES.index(name) for name in SCALAR_FEATURE
                  "all": list(range(len(FEATURE_NAMES)))}
 
 
-class ClassifierError(ValueError):
+class ClassifierError(UserError, ValueError):
     """A saved classifier that is missing, unreadable or made for other features."""
 
 
@@ -152,7 +153,7 @@ def load_classifier(path: str | Path | None = None) -> HeadClassifier:
 
         print(f"{DEFAULT_MODEL}: {problem}: training the default one first", file=sys.stderr)
         # on all gold maps, without evaluation: the cross-validated report beside it is committed
-        train_classifier.main(["--out", str(DEFAULT_MODEL), "--gold-folds", "0", "--no-report"])
+        train_classifier.train_classifier_command(["--out", str(DEFAULT_MODEL), "--gold-folds", "0", "--no-report"])
     return HeadClassifier.load(DEFAULT_MODEL)
 
 

@@ -19,7 +19,9 @@ import pandas as pd
 from analyses.classifier import ClassifierError, load_classifier
 from analyses.mapfile import MapFileError, MapRecord, read_maps
 from analyses.patterns import map_features
+from uniter_core.cli import exit_with, run_command
 from uniter_core.io import atomic_path
+from uniter_core.outputs import check_output_file, first_line
 
 
 def classify_records(records: list[MapRecord], classifier) -> pd.DataFrame:
@@ -33,12 +35,13 @@ def classify_records(records: list[MapRecord], classifier) -> pd.DataFrame:
     return table
 
 
-def main(argv=None) -> int:
+def classify_command(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--maps", required=True, type=Path, help=".npz file of maps")
     p.add_argument("--out", required=True, type=Path, help="CSV to write")
     p.add_argument("--model", type=Path, default=None, help="saved classifier (default: the built-in one)")
     args = p.parse_args(argv)
+    check_output_file(args.out, "classify_maps", lambda f: first_line(f).startswith("index,label,p_"))
     try:
         records = read_maps(args.maps)  # a bad file fails before any classifier work
         table = classify_records(records, load_classifier(args.model))
@@ -51,5 +54,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(classify_command, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -27,9 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from analyses.attention import load_run
+from uniter_core.cli import exit_with, run_command
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.evaluate import alignment_hits
 from uniter_core.io import write_json
+from uniter_core.outputs import check_output_file, first_line
 from uniter_core.pretrain import UniterForPretraining
 from uniter_core.train import build_model
 
@@ -71,7 +73,7 @@ def layer_geometry(uniter, batch: dict, examples: list[dict] | None = None) -> l
     return rows
 
 
-def main(argv=None) -> int:
+def collapse_command(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, required=True, help="run folder written by uniter_core.train")
     p.add_argument("--checkpoint", help="checkpoint name under RUN/checkpoints, e.g. step_00000100 (default: newest), "
@@ -80,6 +82,9 @@ def main(argv=None) -> int:
     p.add_argument("--examples", type=int, default=48, help="the first N examples of the split")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
+    if args.json:
+        check_output_file(args.json, "analyses.collapse", lambda f: first_line(f).startswith(("[", "{")) and
+                          '"layer"' in f.read_text(encoding="utf-8")[:2000], what="--json")
     if args.examples < 1:
         print("error: --examples must be at least 1", file=sys.stderr)
         return 2
@@ -108,5 +113,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(collapse_command, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -17,7 +17,6 @@ OUT gets, each file written atomically and columns.json last:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,12 @@ import torch
 
 from analyses import figures
 from analyses.attention import iter_example_attention, load_official_checkpoint, load_run
-from analyses.classifier import ClassifierError, load_classifier
+from analyses.classifier import load_classifier
 from analyses.patterns import FEATURE_VERSION, HEAD_STATS, PATTERNS, head_stats, map_features
+from uniter_core.cli import exit_with, run_command
+from uniter_core.errors import UserError
 from uniter_core.io import atomic_path, write_json
-from uniter_core.train_config import ConfigError
+from uniter_core.outputs import OutputFolder
 from uniter_core.train_state import CheckpointManager
 
 LAYOUT = ("Maps are rows = queries, columns = keys over one example's real positions, laid out [CLS] "
@@ -79,7 +80,7 @@ def per_map_table(examples, classifier, group: int = 16) -> pd.DataFrame:
     if pending:
         flush()
     if not chunks:
-        raise ValueError("the split holds no examples")
+        raise ExportError("the split holds no examples")
     table = pd.DataFrame({name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]})
     for name, (dtype, _) in ID_COLUMNS.items():
         table[name] = table[name].astype("int64" if dtype == "int64" else str)
@@ -130,16 +131,43 @@ def write_table(table: pd.DataFrame, out: Path, name: str) -> None:
         table.to_json(tmp, orient="records", indent=1)
 
 
-def export(examples, classifier, out: Path, source: dict) -> dict[str, pd.DataFrame]:
-    """Classify and measure every map of `examples` (ExampleAttention), write tables, figures and sidecar."""
+STATS_ENTRIES = ("figures", "columns.json") + tuple(f"{t}.{e}" for t in ("examples", "heads", "layers")
+                                                    for e in ("csv", "parquet", "json"))
+
+
+class ExportError(UserError):
+    """Statistics that must not replace an earlier export (NaN, no maps)."""
+
+
+def check_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
+    """Every float column finite, every table non-empty: otherwise nothing is written."""
+    for name, table in tables.items():
+        if table.empty:
+            raise ExportError(f"{out} not written: the {name} table is empty")
+        numeric = table.select_dtypes("number")
+        bad = [c for c in numeric.columns if not np.isfinite(numeric[c].to_numpy(np.float64)).all()]
+        if bad:
+            raise ExportError(f"{out} not written: column {bad[0]} of the {name} table holds NaN or infinite values")
+
+
+def export(examples, classifier, out: Path, source: dict, force: bool = True) -> dict[str, pd.DataFrame]:
+    """Classify and measure every map of `examples` (ExampleAttention), then write tables, figures and sidecar
+    into OUT.partial and move it into place: OUT holds a complete export or the earlier one."""
+    folder = OutputFolder(out, "export_stats", "columns.json", force=force,
+                          legacy=lambda f: True, own_entries=lambda name: name in STATS_ENTRIES)
+    folder.check()
     table = per_map_table(examples, classifier)
     tables = {"examples": table, "heads": aggregate(table, ["layer", "head"]), "layers": aggregate(table, ["layer"])}
-    for name, t in tables.items():
-        write_table(t, out, name)
-    figures.write_all(tables["layers"], tables["heads"], out / "figures")
-    write_json(out / "columns.json", {
-        "layout": LAYOUT, "patterns": list(PATTERNS), "feature_version": FEATURE_VERSION,
-        "source": source, "tables": {name: column_docs(t) for name, t in tables.items()}})
+    check_tables(tables, out)
+    folder.start({"source": source})
+    with folder.building() as work:
+        for name, t in tables.items():
+            write_table(t, work, name)
+        figures.write_all(tables["layers"], tables["heads"], work / "figures")
+        write_json(work / "columns.json", {
+            "layout": LAYOUT, "patterns": list(PATTERNS), "feature_version": FEATURE_VERSION,
+            "source": source, "tables": {name: column_docs(t) for name, t in tables.items()}})
+        folder.finish()
     return tables
 
 
@@ -160,26 +188,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.checkpoint and not args.corpus:
         p.error("--checkpoint needs --corpus")
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
     if args.max_examples is not None and args.max_examples < 1:
         p.error("--max-examples must be at least 1")
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        if args.run:
-            model, corpus, config = load_run(args.run)
-            limits = {"max_text_len": config.data.max_text_len, "max_regions": config.data.max_regions}
-            source = {"run": str(args.run), "checkpoint": CheckpointManager(args.run).latest().name}
-        else:
-            model, corpus, _ = load_official_checkpoint(args.checkpoint, args.corpus, args.preset)
-            limits, source = {}, {"checkpoint": str(args.checkpoint), "preset": args.preset}
-        corpus = args.corpus or corpus
-        classifier = load_classifier(args.model)
-    except (FileNotFoundError, ValueError, ConfigError, ClassifierError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+def export_command(args: argparse.Namespace) -> int:
+    """Export the statistics of a run folder or an official checkpoint (see the module docstring)."""
+    # Refuse a bad --out before minutes of extraction (export() checks it again before writing).
+    OutputFolder(args.out, "export_stats", "columns.json", force=True, legacy=lambda f: True,
+                 own_entries=lambda name: name in STATS_ENTRIES).check()
+    if args.run:
+        model, corpus, config = load_run(args.run)
+        limits = {"max_text_len": config.data.max_text_len, "max_regions": config.data.max_regions}
+        source = {"run": str(args.run), "checkpoint": CheckpointManager(args.run).latest().name}
+    else:
+        model, corpus, _ = load_official_checkpoint(args.checkpoint, args.corpus, args.preset)
+        limits, source = {}, {"checkpoint": str(args.checkpoint), "preset": args.preset}
+    corpus = args.corpus or corpus
+    split_file = Path(corpus) / "txt_db" / f"{args.split}.jsonl"
+    if not split_file.exists():
+        known = sorted(p.stem for p in (Path(corpus) / "txt_db").glob("*.jsonl"))
+        raise ExportError(f"--split {args.split}: {split_file} does not exist (splits: {', '.join(known) or 'none'})")
+    classifier = load_classifier(args.model)
     source.update({"corpus": str(corpus), "split": args.split, "max_examples": args.max_examples,
                    "classifier": str(args.model or "default"), "classifier_data_hash": classifier.metadata["data_hash"],
                    "classifier_training": classifier.metadata.get("training", {}).get("description", "")})
@@ -193,5 +226,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(lambda: export_command(parse_args(argv)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

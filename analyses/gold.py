@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
 from analyses.patterns import PATTERNS
+from uniter_core.cli import exit_with, run_command
 from uniter_core.io import atomic_path
 
 LABELS = PATTERNS + ("skip",)
@@ -116,18 +118,41 @@ def render_sheets(records: list[MapRecord], out: Path, titles: dict[int, str] | 
     return paths
 
 
-def read_labels(path: Path) -> dict[int, dict]:
-    """labels.csv rows by index; every label must be one of LABELS."""
+def read_labels(path: Path, labels: tuple[str, ...] | None = LABELS) -> dict[int, dict]:
+    """labels.csv rows by index (in file order); every label must be one of `labels` (None: any non-empty).
+
+    MapFileError, naming the file and line, for a file that is not a UTF-8 CSV with the columns index,label, a
+    missing or non-integer index, a repeated index or an empty label."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    rows = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            if row.get("index") in (None, "") or row.get("label") in (None, ""):
-                raise ValueError(f"{path}, line {line}: needs an index and a label")
-            if row["label"] not in LABELS:
-                raise ValueError(f"{path}, line {line}: label {row['label']!r} is not one of {', '.join(LABELS)}")
-            rows[int(row["index"])] = row
+        raise MapFileError(f"{path}: no such file")
+    data = path.read_bytes()
+    if b"\0" in data:
+        line = data[:data.index(b"\0")].count(b"\n") + 1
+        raise MapFileError(f"{path}: line {line} contains a NUL byte, so it is not a text CSV")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise MapFileError(f"{path}: line {line} is not UTF-8 text, so it is not a labels CSV") from None
+    text = text.removeprefix("\ufeff")
+    rows: dict[int, dict] = {}
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        if not reader.fieldnames or not {"index", "label"} <= set(reader.fieldnames):
+            raise MapFileError(f"{path}: needs the columns index,label (has {', '.join(reader.fieldnames or [])})")
+        for row in reader:
+            line, index, label = reader.line_num, row.get("index"), row.get("label")
+            if index in (None, "") or label in (None, ""):
+                raise MapFileError(f"{path}, line {line}: needs an index and a label")
+            if not index.strip().isdigit() or not index.strip().isascii():
+                raise MapFileError(f"{path}, line {line}: index {index!r} is not a non-negative integer")
+            if int(index) in rows:
+                raise MapFileError(f"{path}, line {line}: index {int(index)} is labelled twice")
+            if labels is not None and label not in labels:
+                raise MapFileError(f"{path}, line {line}: label {label!r} is not one of {', '.join(labels)}")
+            rows[int(index)] = row
+    except csv.Error as e:
+        raise MapFileError(f"{path}, line {reader.line_num}: not a readable CSV ({e})") from None
     return rows
 
 
@@ -163,7 +188,7 @@ def finish(gold: Path) -> dict[str, int]:
     return counts
 
 
-def main(argv=None) -> int:
+def gold_command(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sample", help="pick candidate maps from a run")
@@ -203,5 +228,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(gold_command, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from uniter_core.errors import UserError
 from uniter_core.io import atomic_path
 
 ROW_SUM_TOL = 0.02  # tolerant of float16 storage
 _KEY = re.compile(r"^(map|n_text|n_regions)_(\d+)$")
 
 
-class MapFileError(ValueError):
+class MapFileError(UserError, ValueError):
     """A maps file that cannot be used; the message names the file and the problem."""
 
 

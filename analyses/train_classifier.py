@@ -20,6 +20,7 @@ note, are kept but unused); label is one of the six patterns, or "skip" for maps
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,12 +30,15 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from analyses.classifier import DEFAULT_MODEL, USED_FEATURES, fit
+from analyses.classifier import DEFAULT_MODEL, USED_FEATURES, fit, metadata_path
+from analyses.gold import read_labels
 from analyses.mapfile import MapFileError, read_maps
 from analyses.patterns import PATTERNS, map_features
 from analyses.rules import rule_predict
 from analyses.synthetic import synthetic_features
+from uniter_core.cli import exit_with, run_command
 from uniter_core.io import write_json, write_text
+from uniter_core.outputs import check_output_file, first_line
 
 DEFAULT_GOLD = Path(__file__).resolve().parent / "gold"
 SYNTHETIC_TEST_SEED_OFFSET = 1000  # the held-out synthetic stream never overlaps the training one
@@ -57,9 +61,8 @@ def load_gold(gold_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
         if not f.exists():
             raise MapFileError(f"{f}: missing (a gold set needs both maps.npz and labels.csv)")
     records = {r.index: r for r in read_maps(maps_file)}
-    table = pd.read_csv(labels_file)
-    if not {"index", "label"} <= set(table.columns):
-        raise MapFileError(f"{labels_file}: needs columns index,label (has {', '.join(table.columns)})")
+    rows = read_labels(labels_file, labels=None)  # checks the CSV, the indices and that labels are non-empty
+    table = pd.DataFrame({"index": list(rows), "label": [r["label"] for r in rows.values()]})
     table = table[table["label"] != "skip"]
     bad = sorted(set(table["label"]) - set(PATTERNS))
     if bad:
@@ -67,6 +70,8 @@ def load_gold(gold_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
     missing = sorted(set(table["index"]) - set(records))
     if missing:
         raise MapFileError(f"{labels_file}: index {missing[0]} has no map_{missing[0]} in {maps_file}")
+    if table.empty:
+        raise MapFileError(f"{labels_file}: every map is labelled skip, so the gold set is empty")
     x = [map_features(records[i].map, records[i].n_text, records[i].n_regions)[0] for i in table["index"]]
     return np.stack(x), table["label"].to_numpy(str)
 
@@ -157,8 +162,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
+def _is_classifier(path: Path) -> bool:
+    """An earlier output of this command: a model file with its metadata (feature names) beside it."""
+    return _is_metadata(metadata_path(path))
+
+
+def _is_metadata(path: Path) -> bool:
+    return path.is_file() and "feature_names" in json.loads(path.read_text(encoding="utf-8"))
+
+
+def _is_report(path: Path) -> bool:
+    if path.suffix == ".md":
+        return first_line(path).startswith("# Head-pattern classifier")
+    return "evaluations" in json.loads(path.read_text(encoding="utf-8"))
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse to overwrite a model, metadata or report file this command did not write."""
+    check_output_file(args.out, "train_classifier", _is_classifier)
+    check_output_file(metadata_path(args.out), "train_classifier", _is_metadata, what="--out's metadata")
+    if not args.no_report:
+        for report in (args.out.with_suffix(".eval.json"), args.out.with_suffix(".eval.md")):
+            check_output_file(report, "train_classifier", _is_report, what="--out's report")
+
+
+def train_classifier_command(argv=None) -> int:
     args = parse_args(argv)
+    check_outputs(args)
     start = time.time()
     try:
         gold = load_gold(args.gold_dir)
@@ -233,5 +263,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(train_classifier_command, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

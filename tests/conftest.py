@@ -45,3 +45,7 @@ def workbench_env(tiny_corpus, tmp_path_factory) -> dict[str, str]:
     fit(x, y, trees=20).save(root / "classifier" / "clf.joblib")
     return {"WORKBENCH_RUN": str(run), "WORKBENCH_CLASSIFIER": str(root / "classifier" / "clf.joblib"),
             "WORKBENCH_GOLD_DIR": str(root / "gold"), "WORKBENCH_STATS_ROOT": str(root / "stats")}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "disk_size(size): size of the small tmpfs of the small_disk fixture, e.g. 400k")

@@ -15,10 +15,12 @@ from analyses.patterns import HEAD_STATS, PATTERNS
 from analyses.synthetic import generate, synthetic_features
 from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import ImageTextDataset, collate
+from uniter_core.errors import UserError
 from uniter_core.io import write_json
 from uniter_core.pretrain import UniterForPretraining
 from uniter_core.train_config import TrainConfig
 from uniter_core.train_state import CheckpointManager
+
 
 
 def run(module, argv, capsys):
@@ -160,7 +162,7 @@ def tiny_run(tiny_corpus, tmp_path_factory):
 def test_load_run(tiny_run, tiny_corpus):
     model, corpus, config = load_run(tiny_run)
     assert corpus == tiny_corpus and model.config.num_hidden_layers == 2 and config.data.max_regions == 100
-    with pytest.raises(FileNotFoundError, match="not a finished run"):
+    with pytest.raises(UserError, match="not a finished run"):
         load_run(tiny_run.parent / "nothing")
 
 
@@ -252,7 +254,7 @@ def test_default_classifier_is_retrained_when_missing_or_stale_without_touching_
     from analyses import classifier as classifier_module
     default = tmp_path / "models" / "head_classifier.joblib"
     monkeypatch.setattr(classifier_module, "DEFAULT_MODEL", default)
-    real_main = train_classifier.main
+    real_main = train_classifier.train_classifier_command
     calls = []
 
     def small_main(argv):  # the real training, on a small synthetic set and without the repository's gold set
@@ -260,7 +262,7 @@ def test_default_classifier_is_retrained_when_missing_or_stale_without_touching_
         return real_main([*argv, "--n-synthetic", "120", "--n-test", "30", "--trees", "5",
                           "--gold-dir", str(tmp_path / "nogold")])
 
-    monkeypatch.setattr(train_classifier, "main", small_main)
+    monkeypatch.setattr(train_classifier, "train_classifier_command", small_main)
     report = default.with_suffix(".eval.md")
     report.parent.mkdir(parents=True)
     report.write_text("committed report")

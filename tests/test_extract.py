@@ -166,7 +166,7 @@ def test_bad_features_leave_out_untouched(tmp_path, images, capsys, monkeypatch,
     monkeypatch.setattr(extract, "RegionFeatureExtractor", lambda **_: _FakeExtractor(feature_dim, value))
     out = tmp_path / "corpus"
     out.mkdir()
-    (out / "manifest.json").write_text("{}")  # an older build that --force must not destroy on failure
+    (out / "manifest.json").write_text('{"kind": "user"}')  # an older build that --force must not destroy on failure
     code, err = run(["--images", images, "--captions", write_csv(tmp_path / "caps.csv", CAPTIONS[:2]),
                      "--out", out, "--force"], capsys)
     last = err.strip().splitlines()[-1]  # after the progress bar
@@ -193,8 +193,8 @@ def test_interrupted_run_resumes_from_finished_shards(tmp_path, images, capsys, 
         write_shard(self, shard, records)
 
     monkeypatch.setattr(FeatureStoreWriter, "write_shard", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run(argv, capsys)
+    code, err = run(argv, capsys)
+    assert code == 130 and "corpus.partial" in err.strip().splitlines()[-1]  # the message names what is kept
     first = tmp_path / "corpus.partial" / "img_db" / "shard_00000.features.npy"
     assert first.exists() and not (tmp_path / "corpus").exists()
     assert seen_sizes == [(96, 96), (80, 120)]
@@ -211,12 +211,13 @@ def test_interrupted_run_resumes_from_finished_shards(tmp_path, images, capsys, 
 
 
 def test_resume_needs_the_same_inputs(tmp_path, images, capsys, monkeypatch):
-    """A partial build of other captions is thrown away rather than mixed into the new one."""
+    """A partial build of other captions is thrown away rather than mixed into the new one (it is extract's own:
+    a partial folder of anything else is refused, see test_faults_commands)."""
     monkeypatch.setattr(extract, "RegionFeatureExtractor", lambda **_: _FakeExtractor(1280, 0.5))
     stale = tmp_path / "corpus.partial" / "img_db" / "shard_00000.json"
     stale.parent.mkdir(parents=True)
     stale.write_text("[]")
-    (tmp_path / "corpus.partial" / "extract_args.json").write_text('{"captions": "other"}')
+    (tmp_path / "corpus.partial" / ".settings.json").write_text('{"command": "extract", "captions": "other"}')
     argv = ["--images", images, "--captions", write_csv(tmp_path / "caps.csv", CAPTIONS[:1]),
             "--out", tmp_path / "corpus"]
     assert run(argv, capsys)[0] == 0

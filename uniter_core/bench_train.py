@@ -24,6 +24,7 @@ import time
 import torch
 from transformers import BertConfig, BertModel
 
+from uniter_core.cli import exit_with, run_command
 from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import collate
 from uniter_core.optim import build_optimizer
@@ -108,7 +109,7 @@ def profile_steps(label: str, step, device: torch.device, rows: int = 12) -> Non
     print(prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
 
 
-def main(argv=None) -> int:
+def bench_train_command(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="uniter-base")
     p.add_argument("--batch", type=int, default=256)
@@ -204,5 +205,9 @@ def main(argv=None) -> int:
     return 1 if failed or not checked else 0
 
 
+def main(argv=None) -> int:
+    return run_command(bench_train_command, argv)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_with(main())

@@ -14,10 +14,13 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from uniter_core.config import UniterConfig
+from uniter_core.errors import UserError
 from uniter_core.io import atomic_path, write_text
+from uniter_core.io import JsonlError, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,15 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointError(UserError, ValueError):
+    """A checkpoint file (or a model folder's config.json) that cannot be read; the message names it."""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """A checkpoint file or a model folder's file does not exist."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint whose keys or shapes do not fit the model; lists every offending key."""
 
     def __init__(self, source: str, model: str, missing=(), unexpected=(), mismatched=()):
@@ -76,19 +87,46 @@ def read_state_dict(source) -> tuple[dict, str]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
+            raise MissingCheckpointError(f"checkpoint {path} does not exist")
         name = str(path)
         if path.suffix == ".safetensors":
-            state_dict = load_file(str(path))
+            state_dict = _load_safetensors(path)
         else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - zip, pickle and OS errors all mean a damaged file here
+                raise CheckpointError(f"checkpoint {path} cannot be read as a torch state dict: it is truncated, "
+                                      f"damaged or not a torch file ({type(e).__name__})") from None
+        if not isinstance(state_dict, dict):
+            raise CheckpointError(f"checkpoint {path} holds a {type(state_dict).__name__}, not a state dict")
     for wrapper in ("state_dict", "model"):  # {'model': state_dict} style files
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"checkpoint {name} is not a state dict of tensors (e.g. key {bad[0]!r})")
+        raise CheckpointError(f"checkpoint {name} is not a state dict of tensors (e.g. key {bad[0]!r})")
     return state_dict, name
+
+
+def _load_safetensors(path: Path) -> dict:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - SafetensorError and OS errors: a damaged or foreign file
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is not a readable .safetensors file ({reason})") from None
+
+
+def _read_config(path: Path) -> UniterConfig:
+    try:
+        values = read_json(path, "model config")
+    except JsonlError as e:
+        raise CheckpointError(str(e)) from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"model config {path} holds a {type(values).__name__}, not a JSON object")
+    try:
+        return UniterConfig(**values)  # what UniterConfig.from_json_file does
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"model config {path} is not a valid UNITER config ({e})") from None
 
 
 def normalise_official_keys(state_dict: dict) -> dict:
@@ -145,7 +183,9 @@ def save_pretrained(model, folder) -> None:
     tied = getattr(model, "tied_weights", {})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in tied}
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+        # serialised in memory, then written by Python: a full disk is an OSError naming the file (the
+        # library's own writer reports it as a SafetensorError)
+        tmp.write_bytes(safetensors_bytes(state, metadata={"format": "pt"}))
     model.config.architectures = [type(model).__name__]
     write_text(folder / CONFIG_NAME, model.config.to_json_string())
 
@@ -156,9 +196,9 @@ def load_pretrained(cls, folder):
     folder = Path(folder)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} has no {name}: not a folder written by save_pretrained")
-    config = UniterConfig.from_json_file(str(folder / CONFIG_NAME))
-    state_dict = load_file(str(folder / WEIGHTS_NAME))
+            raise MissingCheckpointError(f"{folder} has no {name}: not a folder written by save_pretrained")
+    config = _read_config(folder / CONFIG_NAME)
+    state_dict = _load_safetensors(folder / WEIGHTS_NAME)
     model = cls(config)
     if cls.__name__ == "UniterModel" and any(k.startswith("uniter.") for k in state_dict):
         state_dict = {k[len("uniter."):]: v for k, v in state_dict.items() if k.startswith("uniter.")}

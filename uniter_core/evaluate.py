@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import torch
 
+from uniter_core.cli import exit_with, run_command
 from uniter_core.data.dataset import ImageTextDataset, collate
-from uniter_core.io import write_json
+from uniter_core.errors import UserError
+from uniter_core.io import read_json, write_json
 from uniter_core.ot import cost_matrix_cosine, ipot
 from uniter_core.pretrain import UniterForPretraining, split_text_regions
 from uniter_core.tasks import MlmDataset, MrmDataset, mlm_collate, mrm_collate
@@ -149,6 +152,19 @@ def evaluate_model(model: UniterForPretraining, corpus: Path, split: str, config
         model.train(was_training)
 
 
+def write_results(path: Path, results: dict) -> None:
+    """Write evaluation results only when every number is finite; otherwise the earlier file stays."""
+    bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ResultsError(f"{path} not written: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} "
+                           f"{results[bad[0]]} (an empty split, or a model with non-finite weights?)")
+    write_json(path, results)
+
+
+class ResultsError(UserError):
+    """Results that must not replace a good file (NaN, incomplete)."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, type=Path, help="run folder written by uniter_core.train")
@@ -156,22 +172,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--which", choices=("pretrained", "baseline", "both"), default="pretrained",
                    help="the run's newest checkpoint, the un-pretrained initialisation of its config, or both")
     p.add_argument("--candidates", type=int, default=100, help="retrieval candidates (default 100)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.candidates < 1:
+        p.error("--candidates must be at least 1")
+    return args
 
 
-def main(argv=None) -> int:
+def evaluate_command(args: argparse.Namespace) -> int:
+    """Evaluate the run's newest intact checkpoint and/or its initialisation; results to eval_<split>*.json."""
     from uniter_core.train import build_model
     from uniter_core.train_config import config_from_dict
     from uniter_core.train_state import CheckpointManager
 
-    args = parse_args(argv)
-    latest = CheckpointManager(args.run).latest()
+    if not args.run.is_dir():
+        raise UserError(f"--run {args.run} is not a folder")
     config_file = args.run / "train_config.json"
-    if latest is None or not config_file.exists():
-        print(f"error: {args.run} holds no finished checkpoint (run uniter_core.train first)", file=sys.stderr)
-        return 2
-    config = config_from_dict(json.loads(config_file.read_text()), str(config_file))
+    if not config_file.exists():
+        raise UserError(f"--run {args.run} is not a run folder (no train_config.json); train one with "
+                        f"python -m uniter_core.train")
+    config = config_from_dict(read_json(config_file, "run config"), str(config_file))
+    warn = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    latest = CheckpointManager(args.run).latest(warn=warn) if args.which != "baseline" else None
+    if args.which != "baseline" and latest is None:
+        raise UserError(f"--run {args.run} holds no intact checkpoint (run uniter_core.train first, or "
+                        f"--resume it)")
     corpus = Path(config.data.corpus)
+    if not (corpus / "manifest.json").exists():
+        raise UserError(f"{config_file}: data.corpus {corpus} is not a built corpus (no manifest.json)")
+    split_file = corpus / "txt_db" / f"{args.split}.jsonl"
+    if not split_file.exists():
+        known = sorted(p.stem for p in (corpus / "txt_db").glob("*.jsonl"))
+        raise UserError(f"--split {args.split}: {split_file} does not exist (splits: {', '.join(known) or 'none'})")
     results = {}
     models = {"pretrained": lambda: UniterForPretraining.from_pretrained(latest / "model"),
               "baseline": lambda: build_model(config)}
@@ -187,11 +218,15 @@ def main(argv=None) -> int:
         result = evaluate_model(model, corpus, args.split, config, args.candidates)
         suffix = "" if name == "pretrained" else "_baseline"
         source = latest.name if name == "pretrained" else f"initialisation ({config.model.init})"
-        write_json(args.run / f"eval_{args.split}{suffix}.json", {"checkpoint": source, **result})
+        write_results(args.run / f"eval_{args.split}{suffix}.json", {"checkpoint": source, **result})
         results[name] = result
     print(json.dumps(results, indent=1))
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(lambda: evaluate_command(parse_args(argv)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

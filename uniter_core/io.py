@@ -6,6 +6,8 @@ to a temporary name in the same folder and moved into place with `os.replace`, w
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import shutil
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from uniter_core.errors import UserError
 
 
 _UMASK = os.umask(0)
@@ -24,7 +28,12 @@ os.umask(_UMASK)
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # e.g. --out /tmp/file/sub: say which part is a file
+        parent = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot be written: {parent} is a file, not a folder",
+                                 str(path)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -50,15 +59,58 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+class JsonlError(UserError, ValueError):
+    """A JSON or JSON-lines file that cannot be read; the message names the file (and line)."""
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) per non-blank line; a line that is not UTF-8 JSON of an object raises JsonlError
+    naming the file and the line. A missing file raises the usual OSError."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise JsonlError(f"{path}, line {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                 f"{e.start + 1})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise JsonlError(f"{path}, line {number}: not valid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise JsonlError(f"{path}, line {number}: expected a JSON object, found {type(row).__name__}")
+            yield number, row
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [row for _, row in iter_jsonl(path)]
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file"):
+    """The parsed content of a JSON file; missing, unreadable or malformed: JsonlError `<what> <path> ...`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JsonlError(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise JsonlError(f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                         f"{e.start})") from None
+    except OSError as e:
+        raise JsonlError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JsonlError(f"{what} {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    buffer = io.BytesIO()  # np.save's own writes report a full disk without errno; a plain write says ENOSPC
+    np.save(buffer, array)
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -74,26 +126,3 @@ def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     else:
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
-
-
-def resumable_work_dir(out: str | os.PathLike, settings: dict) -> Path:
-    """The folder `OUT.partial` in which a long job builds `out`.
-
-    A partial folder left by an interrupted run is kept (its finished pieces are reused) only if it was made
-    with the same `settings`; otherwise it is wiped. Call `finish_work_dir` when everything is written.
-    """
-    out = Path(out)
-    work = out.with_name(out.name + ".partial")
-    settings_file = work / ".settings.json"
-    settings = json.loads(json.dumps(settings))  # normalise tuples/paths as they will read back
-    if work.exists() and (not settings_file.exists() or json.loads(settings_file.read_text()) != settings):
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(settings_file, settings, indent=None)
-    return work
-
-
-def finish_work_dir(work: str | os.PathLike, out: str | os.PathLike) -> None:
-    """Move a completed `OUT.partial` into place as `out`."""
-    (Path(work) / ".settings.json").unlink(missing_ok=True)
-    replace_dir(work, out)

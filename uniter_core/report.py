@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from uniter_core.cli import exit_with, run_command
+
 ROWS = [("t2i_r1", "text→image R@1"), ("t2i_r5", "text→image R@5"), ("t2i_r10", "text→image R@10"),
         ("i2t_r1", "image→text R@1"), ("i2t_r5", "image→text R@5"), ("i2t_r10", "image→text R@10"),
         ("mlm_accuracy", "MLM accuracy"), ("mrckl_kl", "MRC-kl (KL per region, lower is better)"),
@@ -23,7 +25,7 @@ def table(pretrained: dict, baseline: dict | None) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def report_command(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--split", default="test")
@@ -41,5 +43,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(report_command, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

