@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from analyses.mapfile import read_maps
 from analyses.patterns import PATTERNS
-from workbench import compute, loaders, plots
+from workbench import compute, loaders, plots, ui
 
 APP = Path(__file__).resolve().parents[1] / "workbench" / "app.py"
 
@@ -36,6 +36,8 @@ def open_app(workbench_env, monkeypatch):
 
 def ok(at: AppTest) -> AppTest:
     assert not at.exception, [e.value for e in at.exception]
+    unexpected = [e.value for e in at.error if str(e.value).startswith(ui.UNEXPECTED)]
+    assert not unexpected, unexpected  # the app's last-resort handler caught a bug
     return at
 
 

@@ -27,5 +27,13 @@ st.set_page_config(page_title="UNITER Workbench", page_icon=":material/visibilit
 navigation = st.navigation([st.Page(path, title=title, icon=icon, url_path=url, default=i == 0)
                             for i, (path, title, icon, url) in enumerate(PAGES)])
 st.sidebar.title("UNITER Workbench")
-ui.sidebar()
-navigation.run()
+# Last line of defence: the pages report every known failure themselves (see workbench.ui); anything else is a
+# bug, logged with its traceback on the server and shown as one line rather than a traceback in the browser.
+try:
+    ui.sidebar()
+except Exception as error:
+    ui.unexpected(error, "the sidebar", st.sidebar)
+try:
+    navigation.run()
+except Exception as error:
+    ui.unexpected(error, "this page")

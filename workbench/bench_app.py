@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from uniter_core.cli import exit_with, run_command
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_S = 1.0
 
@@ -33,7 +35,7 @@ def summary(name: str, times: list[float]) -> str:
             f"({len(times)} redraws)")
 
 
-def main(argv=None) -> int:
+def bench_app_command(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/pretrain-mini")
     p.add_argument("--repeats", type=int, default=20)
@@ -73,5 +75,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(bench_app_command, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

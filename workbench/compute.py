@@ -113,6 +113,13 @@ def read_gold_labels(gold_dir: Path) -> pd.DataFrame:
         raise MapFileError(f"{labels_file}: not a readable CSV file ({error})") from None
     if not {"index", "label"} <= set(table.columns):
         raise MapFileError(f"{labels_file}: needs columns index,label (has {', '.join(map(str, table.columns))})")
+    for column in [c for c in ("index", *GOLD_KEY[2:]) if c in table]:  # used as integers when labelling
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        missing = numbers.isna() & (table[column].notna() | (column == "index"))  # key columns may be empty
+        bad = missing | ((numbers % 1).fillna(0) != 0)
+        if bad.any():
+            raise MapFileError(f"{labels_file}: line {int(bad.to_numpy().argmax()) + 2}: column {column} must hold "
+                               f"whole numbers")
     return table
 
 
@@ -178,7 +185,10 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
             if not isinstance(record, dict):
                 bad.append(number)
             elif "loss" in record and "task" in record:
-                steps.append(record)
+                if _is_number(record.get("step")):  # the curves are drawn over the step
+                    steps.append(record)
+                else:
+                    bad.append(number)
             elif isinstance(record.get("eval"), dict):
                 evals += [{"step": record.get("step"), "split": split, **values}
                           for split, values in record["eval"].items() if isinstance(values, dict)]
@@ -195,6 +205,8 @@ def read_eval(path: Path) -> dict | None:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror or error})") from None
     if not isinstance(result, dict):
         raise ValueError(f"{path}: expected a JSON object of metrics")
     return result
@@ -204,9 +216,13 @@ def eval_table(pretrained: dict, baseline: dict | None) -> pd.DataFrame:
     """The rows of uniter_core.report: pre-trained beside the initialisation, with the difference."""
     rows = []
     for key, label in ROWS:
-        if key not in pretrained:
+        if not _is_number(pretrained.get(key)):  # absent, or a hand-edited file with text in it
             continue
-        base = baseline.get(key) if baseline else None
+        base = baseline.get(key) if baseline and _is_number(baseline.get(key)) else None
         rows.append({"metric": label, "pre-trained": pretrained[key], "initialisation": base,
                      "difference": pretrained[key] - base if base is not None else None})
     return pd.DataFrame(rows)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -83,12 +83,25 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+file_time = _mtime  # for the pages: a cache stamp of a file that may vanish meanwhile
+
+
 # ------------------------------------------------------------------------------------------ model
 def missing_run_message(path: str) -> str:
     if Path(path) == Path(settings.DEMO_RUN):
         return (f"No run at `{path}` yet. Make the demo run with `make demo` (pre-trains and evaluates "
                 f"runs/pretrain-mini, about 16 minutes on 2 CPU cores), or pick another run folder in the sidebar.")
     return f"No run at `{path}`: pick a folder written by `python -m uniter_core.train --out {path}`."
+
+
+def run_folder(path: str) -> Path:
+    """The resolved run folder; LoadError when it does not exist (an info) or is a file (an error)."""
+    resolved = settings.resolve(path)
+    if not resolved.exists():
+        raise LoadError(missing_run_message(path), missing=True)
+    if not resolved.is_dir():
+        raise LoadError(f"`{path}` is a file: pick a run folder written by `python -m uniter_core.train`.")
+    return resolved
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
@@ -104,9 +117,12 @@ def _load(source: Source, stamp: str) -> Loaded:
 
 
 def load(source: Source) -> Loaded:
-    path = settings.resolve(source.path)
-    if source.kind == "run" and not path.exists():
-        raise LoadError(missing_run_message(source.path), missing=True)
+    path = run_folder(source.path) if source.kind == "run" else settings.resolve(source.path)
+    if source.kind == "official" and not source.path.strip():
+        raise LoadError("No checkpoint file chosen: type the path of an official UNITER checkpoint (.pt) in the "
+                        "sidebar.", missing=True)
+    if source.kind == "official" and path.is_dir():
+        raise LoadError(f"`{source.path}` is a folder: the checkpoint must be a .pt file, e.g. uniter-base.pt.")
     if source.kind == "official" and not path.is_file():
         raise LoadError(f"No checkpoint file at `{source.path}`.", missing=True)
     try:
@@ -130,7 +146,11 @@ def get_dataset(loaded: Loaded, split: str) -> ImageTextDataset:
 
 
 def splits(corpus: Path) -> list[str]:
-    found = sorted(p.stem for p in (Path(corpus) / "txt_db").glob("*.jsonl"))
+    """The corpus' txt_db/*.jsonl splits, preferred ones first; none when the folder cannot be listed."""
+    try:
+        found = sorted(p.stem for p in (Path(corpus) / "txt_db").glob("*.jsonl"))
+    except OSError:
+        return []
     preferred = [s for s in settings.SPLITS_PREFERRED if s in found]
     return preferred + [s for s in found if s not in preferred]
 
@@ -228,15 +248,22 @@ def _table(path: str, stamp: float) -> pd.DataFrame:
     return pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
 
 
-def stats_table(folder: Path, name: str) -> pd.DataFrame:
-    """An export_stats table (Parquet, else CSV); LoadError naming the file when missing or unreadable."""
+def stats_table(folder: Path, name: str, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """An export_stats table (Parquet, else CSV); LoadError naming the file when missing, unreadable or
+    without the `required` columns."""
     for path in (folder / f"{name}.parquet", folder / f"{name}.csv"):
         if path.exists():
             try:
-                return _table(str(path), _mtime(path))
+                table = _table(str(path), _mtime(path))
             except Exception as error:
                 raise LoadError(f"`{path}` cannot be read ({type(error).__name__}: {error}); export the "
                                 f"statistics again.") from None
+            lacking = [c for c in required if c not in table.columns]
+            if lacking:
+                has = ", ".join(map(str, table.columns[:8])) + ("…" if len(table.columns) > 8 else "")
+                raise LoadError(f"`{path}` has no {', '.join(lacking)} column (it has: {has or 'none'}); export "
+                                f"the statistics again.")
+            return table
     raise LoadError(f"`{folder}` holds no {name} table.", missing=True)
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
+from uniter_core.cli import exit_with, run_command
+
 REPO = Path(__file__).resolve().parents[1]
 # url path -> text that only that page shows once it has finished drawing (HTML text, not chart text)
 PAGES = {"overview": "Per-head table", "head_explorer": "Predicted pattern", "image_view": "Attention on regions",
@@ -190,7 +192,7 @@ def take(out: Path, pages=DEFAULT_SHOTS, env: dict[str, str] | None = None,
     return doms
 
 
-def main(argv=None) -> int:
+def screenshots_command(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/pretrain-mini", help="run folder the app opens")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
@@ -211,5 +213,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    return run_command(screenshots_command, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

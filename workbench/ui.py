@@ -3,30 +3,31 @@
 
 Shared choices live in st.session_state under fixed keys with persist_state="session", so switching pages
 keeps the run, split, example, layer and head. Widgets never get a default value argument: defaults are put
-into session state first, which keeps Streamlit from warning about two sources of truth.
+into session state first, which keeps Streamlit from warning about two sources of truth. Every such value is
+checked by workbench.state before its widget is drawn (see there why a stored value can have the wrong type).
 """
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
-from workbench import loaders, settings
+from workbench import loaders, settings, state
 from workbench.loaders import LoadError, Loaded, Source
 
 KIND_LABELS = {"run": "Run folder", "official": "Official checkpoint"}
 # Plotly's mode bar covers chart titles in narrow columns; zoom by dragging and reset by double-click still work.
 CHART = {"displayModeBar": False}
-
-
-def _init(key: str, value) -> None:
-    if key not in st.session_state:
-        st.session_state[key] = value
+UNEXPECTED = "Unexpected error"  # the start of the message of a failure no page handles (a bug)
 
 
 def current_source() -> Source:
+    """The source chosen in the sidebar, read without trusting the types in session state."""
     if st.session_state.get("source_kind", "run") == "official":
-        return Source("official", st.session_state.get("ckpt_path", ""), st.session_state.get("ckpt_corpus", ""),
-                      st.session_state.get("ckpt_preset", "uniter-base"))
-    return Source("run", st.session_state.get("run_dir") or settings.default_run())
+        preset = st.session_state.get("ckpt_preset")
+        return Source("official", state.read_text("ckpt_path"), state.read_text("ckpt_corpus"),
+                      preset if preset in loaders.PRESETS else loaders.PRESETS[0])
+    return Source("run", state.read_text("run_dir", settings.default_run()))
 
 
 def show(error: LoadError) -> None:
@@ -35,11 +36,12 @@ def show(error: LoadError) -> None:
 
 def sidebar() -> None:
     """Source, split and example; loads the model (cached) so that every page starts from the same state."""
-    _init("source_kind", "run")
-    _init("run_dir", settings.default_run())
-    _init("ckpt_path", "")
-    _init("ckpt_corpus", "data/official")
-    _init("ckpt_preset", "uniter-base")
+    state.choice("source_kind", KIND_LABELS)
+    if not state.text("run_dir", settings.default_run()).strip():
+        st.session_state["run_dir"] = settings.default_run()
+    state.text("ckpt_path", "")
+    state.text("ckpt_corpus", "data/official")
+    state.choice("ckpt_preset", loaders.PRESETS)
     with st.sidebar:
         st.radio("Model source", list(KIND_LABELS), format_func=KIND_LABELS.get, key="source_kind",
                  horizontal=True, persist_state="session")
@@ -68,21 +70,21 @@ def _example_picker(loaded: Loaded) -> None:
     if not splits:
         st.caption(f"{loaded.corpus} holds no txt_db/*.jsonl split.")
         return
-    if st.session_state.get("split") not in splits:
-        st.session_state["split"] = splits[0]
+    split = state.choice("split", splits)
     st.selectbox("Split", splits, key="split", persist_state="session")
     try:
-        texts = loaders.get_dataset(loaded, st.session_state["split"]).texts
+        texts = loaders.get_dataset(loaded, split).texts
     except LoadError as error:
         st.caption(str(error))
         return
     if not texts:
+        st.caption(f"The {split} split holds no examples.")
         return
-    if not 0 <= st.session_state.get("example", -1) < len(texts):
-        st.session_state["example"] = 0
+    # The labels are this split's captions: a new split (or corpus) must re-send the value, see workbench.state.
+    state.index("example", len(texts), context=(str(loaded.corpus), split))
     st.selectbox("Example", range(len(texts)), key="example", persist_state="session",
                  format_func=lambda i: f"{i}: {texts[i].get('caption', texts[i].get('text_id', ''))}"[:90])
-    st.caption(f"{loaded.layers} layers × {loaded.heads} heads · {len(texts)} examples · "
+    st.caption(f"{split} split · {len(texts)} examples · {loaded.layers} layers × {loaded.heads} heads · "
                f"corpus `{loaded.corpus}`")
 
 
@@ -98,11 +100,16 @@ def need_model() -> Loaded:
 def need_example() -> tuple[Loaded, str, int]:
     """(model, split, example index) chosen in the sidebar; stops the page with a message when unavailable."""
     loaded = need_model()
-    split, index = st.session_state.get("split"), st.session_state.get("example")
-    if split is None or index is None:
-        st.error(f"`{loaded.corpus}` has no readable split with examples.")
+    split = st.session_state.get("split")
+    if split not in loaders.splits(loaded.corpus):
+        st.error(f"`{loaded.corpus}` has no readable split with examples (txt_db/*.jsonl).")
         st.stop()
-    return loaded, split, int(index)
+    count = len(guarded("Reading the split", loaders.get_dataset, loaded, split))
+    if not count:
+        st.info(f"The {split!r} split of `{loaded.corpus}` holds no examples: pick another split in the sidebar.")
+        st.stop()
+    index = state.as_index(st.session_state.get("example"))
+    return loaded, split, index if index is not None and 0 <= index < count else 0
 
 
 def guarded(what: str, function, *args):
@@ -118,23 +125,18 @@ def guarded(what: str, function, *args):
 
 # ------------------------------------------------------------------------------------------ head picker
 def _step(key: str, delta: int, size: int) -> None:
-    st.session_state[key] = (int(st.session_state.get(key, 0)) + delta) % size
+    st.session_state[key] = ((state.as_index(st.session_state.get(key)) or 0) + delta) % size
 
 
 def head_picker(loaded: Loaded, allow_mean: bool = False) -> tuple[int, int | None]:
     """Layer and head selects with previous/next buttons (mouse only). With allow_mean the head may be
     'mean' (None): the average over the layer's heads."""
-    _init("layer", 0)
-    _init("head", 0)
-    for key, size in (("layer", loaded.layers), ("head", loaded.heads)):
-        if not isinstance(st.session_state[key], int) or not 0 <= st.session_state[key] < size:
-            st.session_state[key] = 0
-    _init("head_mean", False)
+    layer, head = state.index("layer", loaded.layers), state.index("head", loaded.heads)
+    mean = allow_mean and state.flag("head_mean")
     cols = st.columns([3, 1, 1, 3, 1, 1, 2], vertical_alignment="bottom")
     cols[0].selectbox("Layer", range(loaded.layers), key="layer", persist_state="session")
     cols[1].button("◀", key="layer_prev", help="previous layer", on_click=_step, args=("layer", -1, loaded.layers))
     cols[2].button("▶", key="layer_next", help="next layer", on_click=_step, args=("layer", 1, loaded.layers))
-    mean = allow_mean and st.session_state["head_mean"]
     cols[3].selectbox("Head", range(loaded.heads), key="head", persist_state="session", disabled=mean)
     cols[4].button("◀", key="head_prev", help="previous head", on_click=_step, args=("head", -1, loaded.heads),
                    disabled=mean)
@@ -143,4 +145,11 @@ def head_picker(loaded: Loaded, allow_mean: bool = False) -> tuple[int, int | No
     if allow_mean:
         cols[6].toggle("layer mean", key="head_mean", persist_state="session",
                        help="average the attention over all heads of the layer")
-    return int(st.session_state["layer"]), None if mean else int(st.session_state["head"])
+    return layer, None if mean else head
+
+
+def unexpected(error: Exception, where: str, container=st) -> None:
+    """A failure no page foresaw: log the traceback for the developer, show one line to the user."""
+    logging.getLogger("workbench").error("unexpected error in %s", where, exc_info=error)
+    container.error(f"{UNEXPECTED} in {where}: {type(error).__name__}: {error}. Please report it; switching the "
+                    f"source, split or page, or reloading, may get around it.")

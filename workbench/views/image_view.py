@@ -2,7 +2,7 @@
 import numpy as np
 import streamlit as st
 
-from workbench import compute, loaders, plots, ui
+from workbench import compute, loaders, plots, state, ui
 
 MODES = ("Word → regions", "Region → words")
 
@@ -12,6 +12,9 @@ layer, head = ui.head_picker(loaded, allow_mean=True)
 example = ui.guarded("Extracting the attention maps", loaders.example, loaded, split, index)
 item = ui.guarded("Reading the example", loaders.item, loaded, split, index)
 layout = example.layout
+if not layout.n_regions:
+    st.info(f"Example {index} ({layout.image_id}) has no image regions: pick another example in the sidebar.")
+    st.stop()
 labels = layout.labels()
 truth = compute.alignment_by_position(item)
 attention = compute.head_map(example.maps, layer, head)
@@ -26,13 +29,12 @@ else:
     uri, width, height = picture
 boxes = layout.region_boxes * np.array([width, height, width, height])
 
-if st.session_state.get("image_mode") not in MODES:
-    st.session_state["image_mode"] = MODES[0]
+state.choice("image_mode", MODES)
 mode = st.radio("Show", MODES, key="image_mode", horizontal=True, persist_state="session")
 left, right = st.columns([3, 2])
 if mode == MODES[0]:
-    if not 0 <= st.session_state.get("word", -1) < layout.n_text:
-        st.session_state["word"] = min(truth) if truth else min(1, layout.n_text - 1)
+    # The labels are this example's word-pieces: another example re-sends the value (see workbench.state).
+    state.index("word", layout.n_text, min(truth) if truth else 1, context=(loaded.source, split, index))
     position = right.selectbox("Word", range(layout.n_text), key="word", persist_state="session",
                                format_func=lambda p: f"{p}: {layout.tokens[p]}" + (" ✓" if p in truth else ""),
                                help="✓ = the corpus knows which box this word-piece names (dashed green)")
@@ -47,8 +49,7 @@ if mode == MODES[0]:
     right.dataframe([{"region": labels[layout.n_text + j], "attention": round(float(weights[j]), 4),
                       "ground truth": "✓" if j in truth.get(position, ()) else ""} for j in top], hide_index=True)
 else:
-    if not 0 <= st.session_state.get("region", -1) < layout.n_regions:
-        st.session_state["region"] = 0
+    state.index("region", layout.n_regions, context=(loaded.source, split, index))
     region = right.selectbox("Region", range(layout.n_regions), key="region", persist_state="session",
                              format_func=lambda k: labels[layout.n_text + k])
     weights = compute.region_to_words(attention, layout.n_text, region)

@@ -10,18 +10,23 @@ import streamlit as st
 from analyses import train_classifier
 from analyses.mapfile import MapFileError
 from analyses.patterns import PATTERNS
-from workbench import compute, loaders, plots, settings, ui
+from workbench import compute, loaders, plots, settings, state, ui
 
 st.title("Label heads")
 st.caption("Maps not labelled yet come first, the ones the classifier is least sure about before the others. "
            "Each label is saved at once to the gold set (maps.npz + labels.csv, see analyses/README.md).")
 loaded, split, _ = ui.need_example()
-st.session_state.setdefault("gold_dir", str(settings.gold_dir()))
+state.text("gold_dir", str(settings.gold_dir()))
 cols = st.columns([3, 1])
-gold_dir = settings.resolve(cols[0].text_input("Gold-set folder", key="gold_dir", persist_state="session"))
+typed = cols[0].text_input("Gold-set folder", key="gold_dir", persist_state="session")
+gold_dir = settings.resolve(typed) if typed.strip() else settings.gold_dir()
 count = len(ui.guarded("Reading the split", loaders.get_dataset, loaded, split))
-pool = cols[1].number_input("Candidates from the first N examples", 1, count, min(8, count), key="label_pool")
+state.number("label_pool", 1, count, min(8, count))
+pool = cols[1].number_input("Candidates from the first N examples", 1, count, key="label_pool")
 
+if gold_dir.exists() and not gold_dir.is_dir():
+    st.error(f"`{gold_dir}` is a file: the gold set needs a folder (it holds maps.npz and labels.csv).")
+    st.stop()
 try:
     gold = compute.read_gold_labels(gold_dir)
 except MapFileError as error:
@@ -34,7 +39,7 @@ queue = compute.label_queue(pd.concat(tables, ignore_index=True), compute.labell
 todo = int((~queue["labelled"]).sum())
 counts = gold["label"].value_counts() if len(gold) else pd.Series(dtype=int)
 st.markdown(f"**Gold set** `{gold_dir}`: {len(gold)} labelled maps " +
-            (" · ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items()) if len(gold) else "") +
+            (" · ".join(f"{str(k).replace('_', ' ')} {v}" for k, v in counts.items()) if len(gold) else "") +
             f" — {todo} of {len(queue)} candidates still unlabelled.")
 
 
@@ -100,6 +105,8 @@ if cols[2].button("Retrain", key="retrain", type="primary", icon=":material/mode
             contextlib.redirect_stderr(output):
         try:
             code = train_classifier.main(argv)
+        except SystemExit as exit_:  # argparse and the command wrapper exit rather than return
+            code = 0 if exit_.code is None else exit_.code
         except Exception as error:  # e.g. too few gold labels to hold some out
             output.write(f"{type(error).__name__}: {error}")
             code = 1
@@ -118,5 +125,5 @@ if report_file.exists():
         st.dataframe(rows, hide_index=True)
         if report.get("note"):
             st.caption(report["note"])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:  # JSON and Unicode errors too
         st.error(f"`{report_file}` cannot be read ({type(error).__name__}: {error}).")

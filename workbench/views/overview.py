@@ -1,7 +1,7 @@
 """Overview: which of the six patterns each head follows on a set of examples (classifier predictions)."""
 import streamlit as st
 
-from workbench import compute, loaders, plots, ui
+from workbench import compute, loaders, plots, state, ui
 
 st.title("Overview")
 st.caption("Every layer × head map of the chosen examples is classified into the six attention patterns of "
@@ -10,9 +10,7 @@ st.caption("Every layer × head map of the chosen examples is classified into th
 
 loaded, split, _ = ui.need_example()
 count = len(ui.guarded("Reading the split", loaders.get_dataset, loaded, split))
-if not isinstance(st.session_state.get("overview_examples"), list) or \
-        any(i >= count for i in st.session_state["overview_examples"]):
-    st.session_state["overview_examples"] = list(range(min(8, count)))
+state.indices("overview_examples", count, list(range(min(8, count))))
 chosen = st.multiselect("Examples", range(count), key="overview_examples", persist_state="session",
                         help=f"Examples of the {split!r} split to classify (the first 8 by default).")
 if not chosen:

@@ -9,10 +9,16 @@ import streamlit as st
 
 from analyses import export_stats, figures
 from analyses.patterns import PATTERNS
-from workbench import loaders, settings, ui
+from workbench import loaders, settings, state, ui
 
 MIME = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json",
         "png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+MAGIC = {"png": (b"\x89PNG",), "pdf": (b"%PDF",), "svg": (b"<svg", b"<?xml")}  # how a figure file starts
+TABLES = {"heads": "per head", "layers": "per layer", "examples": "per map"}
+# Columns the page filters on; a table without them is not an export_stats table.
+REQUIRED = {"heads": ("layer", "head", "dominant_pattern"), "layers": ("layer", "dominant_pattern"),
+            "examples": ("layer", "head", "pattern")}
+FRACTIONS = tuple(f"frac_{c}" for c in PATTERNS)  # what the figures are drawn from
 
 
 def export_command(source, split: str, out: Path) -> list[str]:
@@ -27,10 +33,28 @@ def export_command(source, split: str, out: Path) -> list[str]:
 def figure_bytes(folder: str, name: str, fmt: str, stamp: float) -> bytes:
     """The exported figure file, or the same figure drawn from the exported tables when that format is missing."""
     path = Path(folder) / "figures" / f"{name}.{fmt}"
-    if path.exists():
+    if figure_readable(path, fmt):
         return path.read_bytes()
-    tables = {t: loaders.stats_table(Path(folder), t) for t in ("layers", "heads")}
+    tables = {t: loaders.stats_table(Path(folder), t, REQUIRED[t] + FRACTIONS) for t in ("layers", "heads")}
     return figures.render(name, tables["layers"], tables["heads"], fmt)
+
+
+def figure_readable(path: Path, fmt: str) -> bool:
+    """Whether an exported figure file starts like a file of its format (a broken one is drawn again)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).lstrip().startswith(MAGIC[fmt])
+    except OSError:
+        return False
+
+
+def sorted_values(column) -> list:
+    """The distinct values of a column, sorted (by text when a hand-edited file mixes types)."""
+    values = list(column.dropna().unique())
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)
 
 
 def run_export(command: list[str]) -> None:
@@ -49,9 +73,10 @@ def run_export(command: list[str]) -> None:
 
 st.title("Statistics")
 source = ui.current_source()
-split = st.session_state.get("split") or "test"
+split = st.session_state.get("split")
+split = split if isinstance(split, str) and split else "test"
 default = settings.stats_root() / source.name
-st.session_state.setdefault("stats_dir", "")
+state.text("stats_dir", "")
 typed = st.text_input("Statistics folder", key="stats_dir", placeholder=str(default), persist_state="session",
                       help="A folder written by `python -m analyses.export_stats` (default: stats/<run name>).")
 folder = settings.resolve(typed) if typed.strip() else default
@@ -84,15 +109,17 @@ except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
 source_info = sidecar.get("source", {}) if isinstance(sidecar, dict) else {}
 st.caption(" · ".join(f"{k}: {v}" for k, v in source_info.items() if v not in (None, "")))
 
-name = st.radio("Table", ("heads", "layers", "examples"), horizontal=True, key="stats_table",
-                format_func={"heads": "per head", "layers": "per layer", "examples": "per map"}.get)
-table = ui.guarded("Reading the table", loaders.stats_table, folder, name)
+state.choice("stats_table", TABLES)
+name = st.radio("Table", list(TABLES), horizontal=True, key="stats_table", format_func=TABLES.get)
+table = ui.guarded("Reading the table", loaders.stats_table, folder, name, REQUIRED[name])
 pattern_column = "pattern" if name == "examples" else "dominant_pattern"
+options = {"layers": sorted_values(table["layer"]), "heads": sorted_values(table["head"]) if "head" in table else []}
+for key, values in [(f"stats_{k}_{name}", v) for k, v in options.items()] + [(f"stats_patterns_{name}", PATTERNS)]:
+    state.members(key, list(values))
 cols = st.columns(3)
-layers = cols[0].multiselect("Layer", sorted(table["layer"].unique()), key=f"stats_layers_{name}",
-                              placeholder="all")
-heads = cols[1].multiselect("Head", sorted(table["head"].unique()) if "head" in table else [],
-                            key=f"stats_heads_{name}", placeholder="all", disabled="head" not in table)
+layers = cols[0].multiselect("Layer", options["layers"], key=f"stats_layers_{name}", placeholder="all")
+heads = cols[1].multiselect("Head", options["heads"], key=f"stats_heads_{name}", placeholder="all",
+                            disabled="head" not in table)
 patterns = cols[2].multiselect("Pattern", PATTERNS, key=f"stats_patterns_{name}", placeholder="all",
                                format_func=lambda p: p.replace("_", " "))
 view = table
@@ -105,20 +132,31 @@ if patterns:
 st.dataframe(view, hide_index=True, height=320)
 st.caption(f"{len(view)} of {len(table)} rows")
 
-data = {"csv": view.to_csv(index=False).encode(), "parquet": view.to_parquet(index=False),
-        "json": view.to_json(orient="records", indent=1).encode()}
+data = {"csv": view.to_csv(index=False).encode(), "json": view.to_json(orient="records", indent=1).encode()}
+try:
+    data = {"csv": data["csv"], "parquet": view.to_parquet(index=False), "json": data["json"]}
+except Exception as error:  # pyarrow refuses columns of mixed types (a hand-edited CSV)
+    st.caption(f"No Parquet download: the table has columns Parquet cannot store ({type(error).__name__}).")
 cols = st.columns(6)
 for col, (fmt, payload) in zip(cols, data.items()):
     col.download_button(f"{fmt.upper()}", payload, file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"dl_{fmt}",
                         icon=":material/download:")
 with st.expander("What the columns mean"):
-    docs = sidecar.get("tables", {}).get(name, {}).get("columns", {}) if isinstance(sidecar, dict) else {}
-    st.dataframe([{"column": c, "dtype": d.get("dtype"), "meaning": d.get("description")} for c, d in docs.items()],
-                 hide_index=True)
+    docs = sidecar.get("tables") if isinstance(sidecar, dict) else None
+    docs = docs.get(name) if isinstance(docs, dict) else None
+    docs = docs.get("columns") if isinstance(docs, dict) else None
+    docs = {c: d for c, d in docs.items() if isinstance(d, dict)} if isinstance(docs, dict) else {}
+    st.dataframe([{"column": c, "dtype": str(d.get("dtype")), "meaning": str(d.get("description"))}
+                  for c, d in docs.items()], hide_index=True)
 
 st.subheader("Figures")
-stamp = (folder / "columns.json").stat().st_mtime
+stamp = loaders.file_time(folder / "columns.json")
 for figure_name in figures.FIGURES:
+    for fmt in ("png", "svg", "pdf"):
+        broken = folder / "figures" / f"{figure_name}.{fmt}"
+        if broken.exists() and not figure_readable(broken, fmt):
+            st.warning(f"`{broken}` is not a readable {fmt.upper()} file: the figure is drawn again from the "
+                       f"tables.")
     left, right = st.columns([4, 1], vertical_alignment="center")
     png = ui.guarded("Drawing the figure", figure_bytes, str(folder), figure_name, "png", stamp)
     left.image(png, caption=figure_name.replace("_", " "), width=640)

@@ -1,7 +1,7 @@
 """Training: per-task losses, learning rate and throughput from metrics.jsonl, and the final evaluation."""
 import streamlit as st
 
-from workbench import compute, loaders, plots, settings, ui
+from workbench import compute, loaders, plots, ui
 
 st.title("Training")
 source = ui.current_source()
@@ -9,10 +9,7 @@ if source.kind != "run":
     st.info("Training curves come from a run folder (metrics.jsonl); an official checkpoint has none. "
             "Choose “Run folder” in the sidebar.")
     st.stop()
-run_dir = settings.resolve(source.path)
-if not run_dir.is_dir():
-    st.info(loaders.missing_run_message(source.path))
-    st.stop()
+run_dir = ui.guarded("Finding the run folder", loaders.run_folder, source.path)
 
 steps, evals, bad = ui.guarded("Reading metrics.jsonl", loaders.metrics, run_dir)
 if bad:

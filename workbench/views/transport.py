@@ -2,7 +2,7 @@
 import numpy as np
 import streamlit as st
 
-from workbench import compute, loaders, plots, ui
+from workbench import compute, loaders, plots, state, ui
 
 st.title("Optimal transport")
 st.caption("Word-region alignment as UNITER's WRA computes it: cosine cost between the final-layer states of "
@@ -12,11 +12,13 @@ loaded, split, index = ui.need_example()
 example = ui.guarded("Extracting the attention maps", loaders.example, loaded, split, index)
 item = ui.guarded("Reading the example", loaders.item, loaded, split, index)
 layout = example.layout
+if not layout.n_regions:
+    st.info(f"Example {index} ({layout.image_id}) has no image regions: pick another example in the sidebar.")
+    st.stop()
 labels = layout.labels()
 truth = compute.alignment_by_position(item)
 
-if st.session_state.get("ot_solver") not in compute.SOLVERS:
-    st.session_state["ot_solver"] = "IPOT"
+state.choice("ot_solver", compute.SOLVERS)
 solver = st.radio("Solver", list(compute.SOLVERS), key="ot_solver", horizontal=True, persist_state="session")
 results = {name: ui.guarded(f"The {name} solver", loaders.transport, loaded, split, index, name)
            for name in compute.SOLVERS}
@@ -35,8 +37,7 @@ left.plotly_chart(plots.transport_heatmap(plan, list(layout.tokens), labels[layo
                                           f"{solver} plan (rows sum to 1/{layout.n_text})"),
                   key="ot_plan", config=ui.CHART)
 with right:
-    if not 0 <= st.session_state.get("ot_word", -1) < layout.n_text:
-        st.session_state["ot_word"] = min(truth) if truth else min(1, layout.n_text - 1)
+    state.index("ot_word", layout.n_text, min(truth) if truth else 1, context=(loaded.source, split, index))
     position = st.selectbox("Word", range(layout.n_text), key="ot_word", persist_state="session",
                             format_func=lambda p: f"{p}: {layout.tokens[p]}" + (" ✓" if p in truth else ""))
     mass = plan[position] / max(plan[position].sum(), 1e-12)
