@@ -88,14 +88,23 @@ class AttentionMap:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_run(run_dir: str | Path) -> tuple[UniterForPretraining, Path, TrainConfig]:
-    """(model of the newest checkpoint, corpus folder, training config) of a run folder written by
-    uniter_core.train. A relative data.corpus is looked up from the working directory, then beside the run."""
+def load_run(run_dir: str | Path, warn=None) -> tuple[UniterForPretraining, Path, TrainConfig]:
+    """(model of the newest intact checkpoint, corpus folder, training config) of a run folder written by
+    uniter_core.train; `warn(message)` hears about each damaged checkpoint skipped. A relative data.corpus is
+    looked up from the working directory, then beside the run."""
     run_dir = Path(run_dir)
     config_file = run_dir / "train_config.json"
-    latest = CheckpointManager(run_dir).latest()
+    manager = CheckpointManager(run_dir)
+    skipped: list[str] = []
+    latest = manager.latest(warn=skipped.append)
+    for message in skipped:
+        if warn is not None:
+            warn(message)
+    if latest is None and manager.steps():
+        reasons = "; ".join(m.removeprefix("skipping checkpoint ") for m in skipped)
+        raise UserError(f"{run_dir}: no checkpoint can be loaded ({reasons})")
     if latest is None or not config_file.exists():
-        raise UserError(f"{run_dir} is not a finished run folder (needs an intact checkpoint in checkpoints/ and "
+        raise UserError(f"{run_dir} is not a run folder with a checkpoint (needs checkpoints/step_* and "
                         f"train_config.json; train with `python -m uniter_core.train`)")
     config = config_from_dict(read_json(config_file, "run config"), str(config_file))
     corpus = Path(config.data.corpus)

@@ -89,7 +89,7 @@ def collapse_command(argv=None) -> int:
         print("error: --examples must be at least 1", file=sys.stderr)
         return 2
     try:
-        model, corpus, config = load_run(args.run)
+        model, corpus, config = load_run(args.run, warn=lambda message: print(message, file=sys.stderr))
         if args.checkpoint == "init":
             config.data.corpus = str(corpus)
             torch.manual_seed(config.run.seed)  # as uniter_core.train seeds before it builds the model

@@ -17,6 +17,7 @@ OUT gets, each file written atomically and columns.json last:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,7 @@ def export_command(args: argparse.Namespace) -> int:
     OutputFolder(args.out, "export_stats", "columns.json", force=True, legacy=lambda f: True,
                  own_entries=lambda name: name in STATS_ENTRIES).check()
     if args.run:
-        model, corpus, config = load_run(args.run)
+        model, corpus, config = load_run(args.run, warn=lambda message: print(message, file=sys.stderr))
         limits = {"max_text_len": config.data.max_text_len, "max_regions": config.data.max_regions}
         source = {"run": str(args.run), "checkpoint": CheckpointManager(args.run).latest().name}
     else:

@@ -162,7 +162,7 @@ def tiny_run(tiny_corpus, tmp_path_factory):
 def test_load_run(tiny_run, tiny_corpus):
     model, corpus, config = load_run(tiny_run)
     assert corpus == tiny_corpus and model.config.num_hidden_layers == 2 and config.data.max_regions == 100
-    with pytest.raises(UserError, match="not a finished run"):
+    with pytest.raises(UserError, match="not a run folder"):
         load_run(tiny_run.parent / "nothing")
 
 
@@ -200,7 +200,7 @@ def test_export_stats_schemas(tiny_run, model_path, tmp_path, capsys):
 
 def test_export_stats_reports_a_bad_run(tmp_path, capsys):
     code, captured = run(export_stats, ["--run", tmp_path / "nope", "--out", tmp_path / "s"], capsys)
-    assert code == 2 and "not a finished run folder" in captured.err and not (tmp_path / "s").exists()
+    assert code == 2 and "not a run folder" in captured.err and not (tmp_path / "s").exists()
 
 
 def test_gold_format_round_trip(tmp_path):
@@ -247,7 +247,7 @@ def test_bench_extract_prints_the_overhead(tiny_run, model_path, capsys):
     assert code == 0, captured.err
     assert "4 test examples" in captured.out and "overhead (analysis - bare) / bare" in captured.out
     code, captured = run(bench_extract, ["--run", tiny_run.parent / "missing"], capsys)
-    assert code == 2 and "not a finished run folder" in captured.err
+    assert code == 2 and "not a run folder" in captured.err
 
 
 def test_default_classifier_is_retrained_when_missing_or_stale_without_touching_the_report(tmp_path, monkeypatch):

@@ -245,16 +245,16 @@ def _run_copy(workbench_env, folder: Path, corpus: Path | None = None) -> Path:
 def test_run_folder_typed_that_does_not_exist(open_app, tmp_path):
     at = open_app("head_explorer")
     typed = str(tmp_path / "no-such-run")
-    send_label(at.selectbox(key="run_dir"), typed)  # typed into the select box (accept_new_options)
+    at.text_input(key="run_dir").input(typed)
     clean(at.run())
     for name in PAGES:
         go(at, name)
         assert f"No run at `{typed}`" in messages(at), name
     (tmp_path / "notes.txt").write_text("not a run folder")
-    send_label(at.selectbox(key="run_dir"), str(tmp_path / "notes.txt"))
+    at.text_input(key="run_dir").input(str(tmp_path / "notes.txt"))
     clean(at.run())
     assert "is a file" in messages(at)
-    send_label(at.selectbox(key="run_dir"), "")  # cleared: back to the default run
+    at.text_input(key="run_dir").input("")  # cleared: back to the default run
     clean(at.run())
     assert at.get("plotly_chart")
 
@@ -267,7 +267,7 @@ def test_run_folder_whose_checkpoints_were_deleted(open_app, workbench_env, tmp_
     for name in PAGES:
         go(at, name)
         if name != "training":
-            assert "not a finished run folder" in messages(at) or "No exported statistics" in messages(at), name
+            assert "not a run folder" in messages(at) or "No exported statistics" in messages(at), name
     shutil.rmtree(run)
     for name in ("head_explorer", "training"):
         go(at, name)
@@ -368,3 +368,20 @@ def test_stats_folder_with_broken_files(open_app, tmp_path):
     clean(at.run())
     assert "dominant_pattern_grid.png` is not a readable PNG file" in messages(at)
     assert len(at.get("download_button")) == 3 + 3 * 3  # every figure drawn again from the tables
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_the_older_one_shown(open_app, workbench_env, tmp_path):
+    """The app says which checkpoint it skipped and why, and which one it shows (a browser user found it silent)."""
+    from uniter_core import train
+    from test_train import tiny_overrides
+    config = json.loads((Path(workbench_env["WORKBENCH_RUN"]) / "train_config.json").read_text())
+    run = tmp_path / "run"
+    assert train.main(["--out", str(run), "--no-eval", *tiny_overrides(Path(config["data"]["corpus"]), steps=4,
+                                                                       save_every=2)]) == 0
+    weights = run / "checkpoints" / "step_00000004" / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    at = open_app("head_explorer", WORKBENCH_RUN=run)
+    warnings = " ".join(str(w.value) for w in at.warning)
+    assert "step_00000004" in warnings and "model.safetensors" in warnings and "step_00000002" in warnings
+    assert "checkpoint step_00000002" in " ".join(str(c.value) for c in at.caption)
+    assert at.get("plotly_chart")

@@ -388,14 +388,14 @@ def test_signal_during_training_saves_the_step_and_says_how_to_resume(tiny_corpu
 
 
 SLOW_SAVE = """
-import sys, time
+import os, sys, time
 import uniter_core.checkpoint as ck
 real = ck.safetensors_bytes
 def slow(state, metadata=None):
     import glob
     for d in glob.glob(sys.argv[2] + "/checkpoints/.step_*.partial"):
         open(d + "/started", "w").close()
-    time.sleep(30)
+    time.sleep(float(os.environ.get("SLOW_SAVE_SECONDS", "30")))
     return real(state, metadata=metadata)
 ck.safetensors_bytes = slow
 from uniter_core import train
@@ -403,14 +403,39 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
+def _start_slow_save(tiny_corpus, out, steps, seconds):
+    return subprocess.Popen([sys.executable, "-c", SLOW_SAVE, *map(str, _train_argv(tiny_corpus, out, steps, "--resume"))],
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "SLOW_SAVE_SECONDS": str(seconds)}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigint_during_a_checkpoint_write_finishes_it_then_stops(tiny_corpus, tmp_path):
+    """The signal waits for the write: the checkpoint being written completes, then the run stops (130)."""
+    import time
+    out = tmp_path / "run"
+    proc = _start_slow_save(tiny_corpus, out, 400, 3)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(out.glob("checkpoints/.step_*.partial/started")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    from faults import Result
+    assert_failed_cleanly(Result(proc.returncode, "", err), 130, "step_00000003", "--resume")
+    assert [p.name for p in CheckpointManager(out).steps()] == ["step_00000003"]
+    assert CheckpointManager(out).latest(need_state=True) is not None and not leftovers(out)
+
+
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     assert run("uniter_core.train", *_train_argv(tiny_corpus, out, 3)).code == 0  # checkpoint step 3
     before = tree_digest(out / "checkpoints" / "step_00000003")
     started = lambda: any(out.glob("checkpoints/.step_*.partial/started"))  # noqa: E731
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE, *map(str, _train_argv(tiny_corpus, out, 6, "--resume"))],
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _start_slow_save(tiny_corpus, out, 6, 30)
     try:
         deadline = __import__("time").monotonic() + 300
         while not started():

@@ -383,7 +383,10 @@ class Trainer:
         self._last_sync_check = work
         return all(torch.equal(gathered[0], g) for g in gathered[1:])
 
+    saved_step: int | None = None  # the step of the last checkpoint this process wrote
+
     def save(self) -> None:
+        self.saved_step = self.step
         if self.rank == 0:
             extra = {"task_sampler": self.task_sampler.state_dict(),
                      "streams": {t: s.state_dict() for t, s in self.streams.items()}}
@@ -432,7 +435,8 @@ class Trainer:
         while self.step < run.num_steps:
             if stop is not None and stop.signum is not None:
                 self.log(pending)
-                self.save()
+                if self.saved_step != self.step:
+                    self.save()
                 bar.close()
                 raise Interrupted(stop.signum, f"stopped after step {self.step}, saved as checkpoint "
                                                f"step_{self.step:08d}; {self.resume_hint()}")

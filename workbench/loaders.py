@@ -18,6 +18,7 @@ import streamlit as st
 from analyses.attention import iter_example_attention, load_official_checkpoint, load_run
 from analyses.classifier import DEFAULT_MODEL, load_classifier
 from uniter_core.data.dataset import ImageTextDataset
+from uniter_core.errors import UserError
 from uniter_core.train_state import CheckpointManager
 from workbench import compute, settings
 
@@ -61,6 +62,8 @@ class Loaded:
     corpus: Path
     max_text_len: int
     max_regions: int
+    checkpoint: str = ""  # the run's checkpoint in use (run folders only)
+    skipped: tuple[str, ...] = ()  # damaged newer checkpoints passed over, with the reason
 
     @property
     def key(self) -> tuple:
@@ -107,13 +110,14 @@ def run_folder(path: str) -> Path:
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def _load(source: Source, stamp: str) -> Loaded:
     if source.kind == "run":
-        model, corpus, config = load_run(settings.resolve(source.path))
-        limits = (config.data.max_text_len, config.data.max_regions)
-    else:
-        model, corpus, _ = load_official_checkpoint(settings.resolve(source.path),
-                                                    settings.resolve(source.corpus), source.preset)
-        limits = (60, 100)
-    return Loaded(source, model.eval(), Path(corpus), *limits)
+        skipped: list[str] = []
+        model, corpus, config = load_run(settings.resolve(source.path), warn=skipped.append)
+        latest = CheckpointManager(settings.resolve(source.path)).latest()
+        return Loaded(source, model.eval(), Path(corpus), config.data.max_text_len, config.data.max_regions,
+                      latest.name if latest else "", tuple(skipped))
+    model, corpus, _ = load_official_checkpoint(settings.resolve(source.path), settings.resolve(source.corpus),
+                                                source.preset)
+    return Loaded(source, model.eval(), Path(corpus), 60, 100)
 
 
 def load(source: Source) -> Loaded:
@@ -129,6 +133,8 @@ def load(source: Source) -> Loaded:
         return _load(source, source.stamp())
     except FileNotFoundError as error:
         raise LoadError(str(error).replace(str(path), source.path)) from None
+    except UserError as error:  # the project's own messages name the file and the problem already
+        raise LoadError(f"`{source.path}` cannot be loaded: {error}") from None
     except Exception as error:  # safetensors, torch and JSON errors all mean the same thing here
         raise LoadError(f"`{source.path}` cannot be loaded: {type(error).__name__}: {error}") from None
 

@@ -46,10 +46,15 @@ def sidebar() -> None:
         st.radio("Model source", list(KIND_LABELS), format_func=KIND_LABELS.get, key="source_kind",
                  horizontal=True, persist_state="session")
         if st.session_state["source_kind"] == "run":
-            runs = list(dict.fromkeys([st.session_state["run_dir"], *settings.find_runs()]))
-            st.selectbox("Run folder", runs, key="run_dir", persist_state="session", accept_new_options=True,
-                         help="A folder written by `python -m uniter_core.train` (default: the demo run); pick one "
-                              "found under runs/ or type a path.")
+            # A text box, not a select box with new options: Streamlit's select box drops typed text that
+            # starts with the current option (typing runs/tiny/x while runs/tiny is chosen left "/x").
+            st.text_input("Run folder", key="run_dir", persist_state="session",
+                          help="A folder written by `python -m uniter_core.train` (default: the demo run); type "
+                               "a path or pick one found under runs/ below.")
+            found = [r for r in settings.find_runs() if r != st.session_state["run_dir"]]
+            if found:
+                st.selectbox("Runs found", found, index=None, key="run_pick", placeholder="pick another run…",
+                             on_change=_pick_run, label_visibility="collapsed")
         else:
             st.text_input("Checkpoint (.pt)", key="ckpt_path", persist_state="session",
                           help="An official UNITER checkpoint, e.g. uniter-base.pt")
@@ -62,7 +67,17 @@ def sidebar() -> None:
         except LoadError as error:
             st.caption(("No model yet" if error.missing else "The model cannot be loaded") + " (see the page).")
             return
+        for message in loaded.skipped:
+            st.warning(f"{message}; showing {loaded.checkpoint}, the newest intact one.")
         _example_picker(loaded)
+
+
+def _pick_run() -> None:
+    """The 'Runs found' select sets the run folder box, then clears itself (a callback may set both)."""
+    picked = st.session_state.get("run_pick")
+    if isinstance(picked, str) and picked:
+        st.session_state["run_dir"] = picked
+    st.session_state["run_pick"] = None
 
 
 def _example_picker(loaded: Loaded) -> None:
@@ -84,7 +99,8 @@ def _example_picker(loaded: Loaded) -> None:
     state.index("example", len(texts), context=(str(loaded.corpus), split))
     st.selectbox("Example", range(len(texts)), key="example", persist_state="session",
                  format_func=lambda i: f"{i}: {texts[i].get('caption', texts[i].get('text_id', ''))}"[:90])
-    st.caption(f"{split} split · {len(texts)} examples · {loaded.layers} layers × {loaded.heads} heads · "
+    checkpoint = f" · checkpoint {loaded.checkpoint}" if loaded.checkpoint else ""
+    st.caption(f"{split} split · {len(texts)} examples · {loaded.layers} layers × {loaded.heads} heads{checkpoint} · "
                f"corpus `{loaded.corpus}`")
 
 
