@@ -124,13 +124,15 @@ def load_official_checkpoint(checkpoint: str | Path, corpus_dir: str | Path, pre
     except ValueError as error:
         raise UserError(f"--preset {preset}: {error}") from None
     corpus_dir = Path(corpus_dir)
+    # the checkpoint first: a damaged or foreign file must be named before any complaint about the corpus
+    model = UniterForPretraining.from_official_state_dict(checkpoint, config)
     store_manifest = corpus_dir / "img_db" / "manifest.json"
     if not store_manifest.exists():
         raise UserError(f"{corpus_dir} is not a built corpus (no img_db/manifest.json)")
     feature_dim = read_json(store_manifest, "feature store manifest").get("feature_dim")
     if feature_dim != config.img_dim:
         raise UserError(f"{corpus_dir} has {feature_dim}-d region features but {preset} expects {config.img_dim}")
-    return UniterForPretraining.from_official_state_dict(checkpoint, config), corpus_dir, config
+    return model, corpus_dir, config
 
 
 # ---------------------------------------------------------------------------------------------- extraction

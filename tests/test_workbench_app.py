@@ -211,9 +211,23 @@ def test_official_checkpoint_source_reports_problems(open_app, tiny_corpus, tmp_
     checkpoint.write_bytes(b"0")
     at.text_input(key="ckpt_path").input(str(checkpoint))
     ok(at.text_input(key="ckpt_corpus").input(str(tiny_corpus)).run())
-    assert "1280-d region features but uniter-base expects 2048" in texts(at.error)
+    assert "uniter-base.pt cannot be read as a torch state dict" in texts(at.error)  # the file, not the corpus
     ok(at.switch_page("views/training.py").run())
     assert "official checkpoint has none" in texts(at.info)
+
+
+def test_official_checkpoint_whose_features_do_not_fit_the_corpus(tiny_corpus, tmp_path):
+    import torch
+    from analyses.attention import load_official_checkpoint
+    from uniter_core.config import UniterConfig
+    from uniter_core.errors import UserError
+    from uniter_core.pretrain import UniterForPretraining
+    small = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64,
+             "img_dim": 2048}
+    checkpoint = tmp_path / "small.pt"
+    torch.save(UniterForPretraining(UniterConfig.from_preset("uniter-mini", **small)).state_dict(), checkpoint)
+    with pytest.raises(UserError, match="1280-d region features but uniter-mini expects 2048"):
+        load_official_checkpoint(checkpoint, tiny_corpus, "uniter-mini", **small)
 
 
 # ------------------------------------------------------------------------------------------ pure parts

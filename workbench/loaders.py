@@ -234,7 +234,8 @@ def _image(path: str, stamp: float) -> tuple[str, int, int]:
 
 
 def image(loaded: Loaded, split: str, image_id: str) -> tuple[str, int, int] | None:
-    """(data URI, width, height) of an example's picture, or None when the corpus holds no image file."""
+    """(data URI, width, height) of an example's picture, or None when the corpus holds no image file;
+    LoadError naming the file when it exists but cannot be read."""
     store = get_dataset(loaded, split).store
     meta = store.meta(image_id) if image_id in store else {}
     names = [meta["file"]] if meta.get("file") else []
@@ -244,8 +245,8 @@ def image(loaded: Loaded, split: str, image_id: str) -> tuple[str, int, int] | N
         if path.is_file():
             try:
                 return _image(str(path), _mtime(path))
-            except Exception:  # an unreadable picture: show the boxes alone
-                return None
+            except Exception as error:  # noqa: BLE001 - PIL raises many types for a damaged picture
+                raise LoadError(f"`{path}` cannot be read as an image ({type(error).__name__}: {error})") from None
     return None
 
 

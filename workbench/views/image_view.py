@@ -20,8 +20,14 @@ truth = compute.alignment_by_position(item)
 attention = compute.head_map(example.maps, layer, head)
 source = f"layer {layer}, " + ("mean over heads" if head is None else f"head {head}")
 
-picture = loaders.image(loaded, split, layout.image_id)
-if picture is None:
+try:
+    picture = loaders.image(loaded, split, layout.image_id)
+except loaders.LoadError as error:
+    st.warning(f"{error}: showing the boxes alone.")
+    picture = False
+if picture is False:
+    uri, width, height = None, 1000, 1000
+elif picture is None:
     st.info(f"No image file for {layout.image_id} in `{loaded.corpus}` (looked for images/{layout.image_id}.jpg): "
             f"showing the boxes alone.")
     uri, width, height = None, 1000, 1000
