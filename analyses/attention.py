@@ -28,7 +28,7 @@ from uniter_core.errors import UserError
 from uniter_core.io import read_json
 from uniter_core.pretrain import UniterForPretraining
 from uniter_core.train_config import TrainConfig, config_from_dict
-from uniter_core.train_state import CheckpointManager
+from uniter_core.train_state import newest_loadable_model
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,16 +94,8 @@ def load_run(run_dir: str | Path, warn=None) -> tuple[UniterForPretraining, Path
     looked up from the working directory, then beside the run."""
     run_dir = Path(run_dir)
     config_file = run_dir / "train_config.json"
-    manager = CheckpointManager(run_dir)
-    skipped: list[str] = []
-    latest = manager.latest(warn=skipped.append)
-    for message in skipped:
-        if warn is not None:
-            warn(message)
-    if latest is None and manager.steps():
-        reasons = "; ".join(m.removeprefix("skipping checkpoint ") for m in skipped)
-        raise UserError(f"{run_dir}: no checkpoint can be loaded ({reasons})")
-    if latest is None or not config_file.exists():
+    latest, model = newest_loadable_model(run_dir, warn) if config_file.exists() else (None, None)
+    if latest is None:
         raise UserError(f"{run_dir} is not a run folder with a checkpoint (needs checkpoints/step_* and "
                         f"train_config.json; train with `python -m uniter_core.train`)")
     config = config_from_dict(read_json(config_file, "run config"), str(config_file))
@@ -112,7 +104,7 @@ def load_run(run_dir: str | Path, warn=None) -> tuple[UniterForPretraining, Path
         corpus = run_dir / corpus
     if not (corpus / "manifest.json").exists():
         raise UserError(f"{config_file}: data.corpus {corpus} is not a built corpus (no manifest.json)")
-    return UniterForPretraining.from_pretrained(latest / "model"), corpus, config
+    return model, corpus, config
 
 
 def load_official_checkpoint(checkpoint: str | Path, corpus_dir: str | Path, preset: str = "uniter-base",
@@ -176,6 +168,7 @@ def iter_example_attention(model, corpus_dir: str | Path, split: str, batch_size
     `model` is a UniterForPretraining or a UniterModel; it is put in eval mode (and moved to `device` if given).
     The tokenizer defaults to the corpus tokenizer of this project (uniter_core.data.tokenizer)."""
     dataset = ImageTextDataset(corpus_dir, split, max_text_len, max_regions)
+    dataset.check_fits(model.config)
     store = dataset.store
     tokenizer = tokenizer or load_tokenizer()
     uniter = getattr(model, "uniter", model).eval()

@@ -30,7 +30,7 @@ from sklearn.ensemble import ExtraTreesClassifier
 
 from analyses.patterns import FEATURE_NAMES, FEATURE_VERSION, PATTERNS, SCALAR_FEATURES, map_features
 from uniter_core.errors import UserError
-from uniter_core.io import atomic_path, write_json
+from uniter_core.io import JsonlError, atomic_path, read_json, write_json
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "head_classifier.joblib"
 # Which columns of the feature matrix (FEATURE_NAMES order) the trees read.
@@ -99,7 +99,14 @@ class HeadClassifier:
         if not path.is_file() or not meta_file.is_file():
             raise ClassifierError(f"{path}: no saved classifier here (needs {path.name} and {meta_file.name}); "
                                   f"train one with `python -m analyses.train_classifier --out {path}`")
-        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+        try:
+            metadata = read_json(meta_file, "classifier metadata")
+        except JsonlError as error:
+            raise ClassifierError(f"{path}: {error}; retrain with "
+                                  f"`python -m analyses.train_classifier --out {path}`") from None
+        if not isinstance(metadata, dict):
+            raise ClassifierError(f"{path}: its metadata {meta_file} holds a JSON {type(metadata).__name__}, not "
+                                  f"an object; retrain with `python -m analyses.train_classifier --out {path}`")
         if metadata.get("feature_version") != FEATURE_VERSION or metadata.get("feature_names") != FEATURE_NAMES:
             raise ClassifierError(f"{path}: trained on feature version {metadata.get('feature_version')}, but "
                                   f"this code computes version {FEATURE_VERSION}; retrain with "
@@ -112,7 +119,36 @@ class HeadClassifier:
         except Exception as error:  # unpickling can fail in many ways; all mean "retrain"
             raise ClassifierError(f"{path}: cannot be loaded ({type(error).__name__}: {error}); retrain with "
                                   f"`python -m analyses.train_classifier --out {path}`") from None
+        problem = _classifier_problem(estimator, metadata)
+        if problem:
+            raise ClassifierError(f"{path}: {problem}; retrain with "
+                                  f"`python -m analyses.train_classifier --out {path}`")
         return cls(estimator, metadata)
+
+
+def _classifier_problem(estimator, metadata: dict) -> str | None:
+    """Why a loaded estimator and its metadata (PATH.json) cannot classify: None when they fit together."""
+    features = metadata.get("features", "all")
+    if not isinstance(features, str) or features not in USED_FEATURES:
+        return (f"its metadata names features {features!r}, which is not one of "
+                f"{', '.join(map(repr, USED_FEATURES))}")
+    classes = metadata.get("classes")
+    if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes)
+            or len(set(classes)) != len(classes)):
+        return f"its metadata has classes {classes!r}, not a list of distinct pattern names"
+    unknown = sorted(set(classes) - set(PATTERNS))
+    if unknown:
+        return f"its metadata names classes {unknown} that are not patterns ({', '.join(PATTERNS)})"
+    if not callable(getattr(estimator, "predict_proba", None)) or not hasattr(estimator, "classes_"):
+        return f"it holds a {type(estimator).__name__}, not a trained classifier"
+    missing = sorted({str(c) for c in estimator.classes_} - set(classes))
+    if missing:
+        return f"the estimator predicts classes {missing} that its metadata does not list ({classes})"
+    n_in = getattr(estimator, "n_features_in_", None)
+    if n_in is not None and n_in != len(USED_FEATURES[features]):
+        return (f"the estimator reads {n_in} features but its metadata says {features!r} "
+                f"({len(USED_FEATURES[features])} features)")
+    return None
 
 
 def fit(features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None, seed: int = 0,
@@ -165,6 +201,8 @@ def _default_model_problem() -> str | None:
     try:
         metadata = json.loads(meta_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return "unreadable metadata"
+    if not isinstance(metadata, dict):
         return "unreadable metadata"
     if metadata.get("feature_version") != FEATURE_VERSION or metadata.get("feature_names") != FEATURE_NAMES:
         return f"made for feature version {metadata.get('feature_version')}, this code computes {FEATURE_VERSION}"

@@ -97,8 +97,13 @@ def collapse_command(argv=None) -> int:
         elif args.checkpoint:
             model = UniterForPretraining.from_pretrained(args.run / "checkpoints" / args.checkpoint / "model")
         dataset = ImageTextDataset(corpus, args.split, config.data.max_text_len, config.data.max_regions)
+        dataset.check_fits(model.config)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    if len(dataset) == 0:
+        print(f"error: --split {args.split}: the split {dataset.text_file} holds no examples; choose another "
+              f"--split", file=sys.stderr)
         return 2
     examples = [dataset[i] for i in range(min(args.examples, len(dataset)))]
     rows = layer_geometry(model.uniter.eval(), collate(examples), examples)

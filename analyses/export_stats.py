@@ -28,7 +28,7 @@ from analyses import figures
 from analyses.attention import iter_example_attention, load_official_checkpoint, load_run
 from analyses.classifier import load_classifier
 from analyses.patterns import FEATURE_VERSION, HEAD_STATS, PATTERNS, head_stats, map_features
-from uniter_core.cli import exit_with, run_command
+from uniter_core.cli import exit_with, output_path, run_command
 from uniter_core.errors import UserError
 from uniter_core.io import atomic_path, write_json
 from uniter_core.outputs import OutputFolder
@@ -180,7 +180,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--corpus", type=Path, help="corpus folder (default: the run's data.corpus)")
     p.add_argument("--preset", default="uniter-base", help="model preset of --checkpoint")
     p.add_argument("--split", default="test")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=output_path)
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", type=Path, default=None, help="pattern classifier (default: the built-in one)")
@@ -191,6 +191,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--checkpoint needs --corpus")
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, ...)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no GPU is available")
     if args.max_examples is not None and args.max_examples < 1:
         p.error("--max-examples must be at least 1")
     return args

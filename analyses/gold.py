@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import struct
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -25,9 +27,11 @@ from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
 from analyses.patterns import PATTERNS
 from uniter_core.cli import exit_with, run_command
 from uniter_core.io import atomic_path
+from uniter_core.outputs import OutputError, check_output_file, check_writable_location, first_line
 
 LABELS = PATTERNS + ("skip",)
 PROVENANCE = ("index", "run", "split", "example", "layer", "head", "n_text", "n_regions")
+PNG_SOURCE = "analyses.gold"  # the PNG text chunk Source of every picture this module draws: marks its own files
 
 
 def sample_maps(run: Path, split: str, n: int, max_examples: int, seed: int = 0, model_path: Path | None = None,
@@ -91,8 +95,9 @@ def draw_map(ax, record: MapRecord, title: str) -> None:
 
 
 def render_sheets(records: list[MapRecord], out: Path, titles: dict[int, str] | None = None,
-                  per_sheet: int = 20, columns: int = 5) -> list[Path]:
-    """PNG contact sheets of the maps (rows = queries, columns = keys), numbered by map index."""
+                  per_sheet: int = 20, columns: int = 5, name: Callable[[int], str] | None = None) -> list[Path]:
+    """PNG contact sheets of the maps (rows = queries, columns = keys), numbered by map index; sheet k is
+    `name(k)` in `out` (default sheet_<kk>.png)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -110,12 +115,72 @@ def render_sheets(records: list[MapRecord], out: Path, titles: dict[int, str] | 
             label = (titles or {}).get(record.index, "")
             draw_map(ax, record, f"#{record.index} t{record.n_text} r{record.n_regions} {label}".strip())
         fig.tight_layout()
-        path = out / f"sheet_{start // per_sheet:02d}.png"
+        path = out / (name(start // per_sheet) if name else sheet_name(start // per_sheet))
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=72)
+            fig.savefig(tmp, format="png", dpi=72, metadata={"Source": PNG_SOURCE})
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def sheet_name(k: int) -> str:
+    return f"sheet_{k:02d}.png"
+
+
+def _is_candidates_csv(path: Path) -> bool:
+    """An earlier candidates.csv of `sample`: its header is the PROVENANCE columns."""
+    return first_line(path).strip().removeprefix("\ufeff") == ",".join(PROVENANCE)
+
+
+def _is_candidates_npz(path: Path) -> bool:
+    """An earlier candidates.npz of `sample`: a valid maps file."""
+    return bool(read_maps(path))
+
+
+def png_text(path: Path, limit: int = 64) -> dict[str, str]:
+    """The tEXt chunks before the image data of a PNG file ({} for a file that is not a PNG)."""
+    text: dict[str, str] = {}
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return text
+        for _ in range(limit):
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            length, kind = struct.unpack(">I4s", header)
+            if kind in (b"IDAT", b"IEND") or length > 1 << 20:
+                break
+            data = f.read(length)
+            f.seek(4, 1)  # CRC
+            if kind == b"tEXt" and b"\0" in data:
+                key, value = data.split(b"\0", 1)
+                text[key.decode("latin-1")] = value.decode("latin-1")
+    return text
+
+
+def _is_own_picture(path: Path) -> bool:
+    """A sheet or example picture this module drew (its PNG Source text is PNG_SOURCE)."""
+    return png_text(path).get("Source") == PNG_SOURCE
+
+
+def _is_example_picture(path: Path) -> bool:
+    """An example picture of `finish` (examples/<pattern>.png): drawn by this module, or by matplotlib before
+    the pictures carried PNG_SOURCE (the committed guide pictures)."""
+    return _is_own_picture(path) or png_text(path).get("Software", "").startswith("Matplotlib")
+
+
+def write_sheets(records: list[MapRecord], out: Path, titles: dict[int, str] | None = None,
+                 per_sheet: int = 20) -> list[Path]:
+    """The `sheets` command's output: sheet_<kk>.png in `out`, replacing only sheets that this module drew
+    (PNG_SOURCE); any other file of such a name is refused before anything is written."""
+    check_writable_location(out)
+    for k in range(-(-len(records) // per_sheet)):
+        path = out / sheet_name(k)
+        if path.is_dir() or (path.is_symlink() and not path.exists()):
+            raise OutputError(f"--out {path} is a {'folder' if path.is_dir() else 'dangling link'}; move it away "
+                              f"first")
+        check_output_file(path, "gold sheets", _is_own_picture)
+    return render_sheets(records, out, titles, per_sheet=per_sheet)
 
 
 def read_labels(path: Path, labels: tuple[str, ...] | None = LABELS) -> dict[int, dict]:
@@ -166,7 +231,11 @@ def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 
 def finish(gold: Path) -> dict[str, int]:
     """maps.npz = every labelled map, from candidates.npz or already in maps.npz (maps labelled in the
-    workbench go straight there); examples/<class>.png = a few maps of each class for the guide."""
+    workbench go straight there); examples/<class>.png = a few maps of each class for the guide. Every output
+    location is checked before anything is written."""
+    check_output_file(gold / "maps.npz", "gold finish", lambda f: True, what="--gold")  # a folder, a bad path
+    examples = gold / "examples"
+    check_writable_location(examples, what="--gold's")
     candidates = {}
     for name in ("maps.npz", "candidates.npz"):
         if (gold / name).exists():
@@ -174,17 +243,21 @@ def finish(gold: Path) -> dict[str, int]:
     labels = read_labels(gold / "labels.csv")
     missing = sorted(set(labels) - set(candidates))
     if missing:
-        raise ValueError(f"{gold / 'labels.csv'}: index {missing[0]} is in neither candidates.npz nor maps.npz")
+        raise MapFileError(f"{gold / 'labels.csv'}: index {missing[0]} is in neither candidates.npz nor "
+                           f"maps.npz")
     records = [candidates[i] for i in sorted(labels)]
+    chosen = {label: [candidates[i] for i in sorted(labels) if labels[i]["label"] == label][:5]
+              for label in PATTERNS}
+    chosen = {label: maps for label, maps in chosen.items() if maps}
+    for label in chosen:
+        check_output_file(examples / f"{label}.png", "gold finish", _is_example_picture, what="--gold's")
     write_maps(gold / "maps.npz", records, dtype=np.float16)
     counts = {label: 0 for label in LABELS}
     for row in labels.values():
         counts[row["label"]] += 1
-    for label in PATTERNS:
-        chosen = [candidates[i] for i in sorted(labels) if labels[i]["label"] == label][:5]
-        if chosen:
-            sheet = render_sheets(chosen, gold / "examples", {r.index: label for r in chosen}, per_sheet=5)[0]
-            sheet.replace(gold / "examples" / f"{label}.png")
+    for label, maps in chosen.items():
+        render_sheets(maps, examples, {r.index: label for r in maps}, per_sheet=5,
+                      name=lambda k, label=label: f"{label}.png")
     return counts
 
 
@@ -206,10 +279,22 @@ def gold_command(argv=None) -> int:
     f = sub.add_parser("finish", help="write maps.npz of the labelled candidates and the guide's pictures")
     f.add_argument("--gold", required=True, type=Path)
     args = p.parse_args(argv)
+    if args.command == "sample":
+        for option, value in (("--n", args.n), ("--max-examples", args.max_examples)):
+            if value < 1:
+                s.error(f"{option} must be at least 1, not {value}")
+        if args.seed < 0:
+            s.error(f"--seed must be a non-negative integer, not {args.seed}")
+        # before the (long) sampling: never replace files of the user's
+        check_output_file(args.out / "candidates.npz", "gold sample", _is_candidates_npz)
+        check_output_file(args.out / "candidates.csv", "gold sample", _is_candidates_csv)
     try:
         if args.command == "sample":
             records, rows = sample_maps(args.run, args.split, args.n, args.max_examples, args.seed, args.model,
                                         first_index=next_free_index(args.out))
+            if not records:
+                raise MapFileError(f"--run {args.run}: no maps sampled from the first {args.max_examples} "
+                                   f"examples of the {args.split!r} split (is it empty?); nothing written")
             args.out.mkdir(parents=True, exist_ok=True)
             write_maps(args.out / "candidates.npz", records)
             write_csv(args.out / "candidates.csv", rows, list(PROVENANCE))
@@ -217,7 +302,7 @@ def gold_command(argv=None) -> int:
         elif args.command == "sheets":
             records = read_maps(args.maps)
             titles = ({i: row["label"] for i, row in read_labels(args.labels).items()} if args.labels else None)
-            paths = render_sheets(records, args.out, titles)
+            paths = write_sheets(records, args.out, titles)
             print(f"{len(paths)} sheets in {args.out}")
         else:
             counts = finish(args.gold)

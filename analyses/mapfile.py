@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +49,17 @@ def write_maps(path: str | Path, records: list[MapRecord], dtype=np.float32) -> 
             np.savez_compressed(f, **arrays)
 
 
-def _scalar(archive, key: str, where: str) -> int:
+def _array(archive, key: str, where: str) -> np.ndarray:
+    """archive[key] as an array; a member that is not a valid .npy (numpy hands back its raw bytes) is refused."""
     value = archive[key]
+    if not isinstance(value, np.ndarray):
+        raise MapFileError(f"{where}: {key}.npy is not a valid .npy array (the archive member is damaged or of "
+                           f"another kind)")
+    return value
+
+
+def _scalar(archive, key: str, where: str) -> int:
+    value = _array(archive, key, where)
     if value.shape != () or not np.issubdtype(value.dtype, np.integer):
         raise MapFileError(f"{where}: {key} must be an integer scalar, got {value.dtype} array of shape "
                            f"{value.shape}")
@@ -88,8 +98,19 @@ def read_maps(path: str | Path) -> list[MapRecord]:
     if not path.is_file():
         raise MapFileError(f"{where}: no such file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as error:
+        raise MapFileError(f"{where}: cannot be read ({error.strerror or error})") from None
+    if magic.startswith(b"\x93NUMPY"):
+        raise MapFileError(f"{where}: is a single .npy array, not an .npz archive of map_<i> arrays")
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise MapFileError(f"{where}: not a readable .npz archive: it is not a zip file, so not an .npz archive "
+                           f"of map_<i>, n_text_<i> and n_regions_<i> arrays")
+    try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+            RuntimeError) as error:
         raise MapFileError(f"{where}: not a readable .npz archive ({error})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise MapFileError(f"{where}: is a single .npy array, not an .npz archive of map_<i> arrays")
@@ -111,8 +132,9 @@ def read_maps(path: str | Path) -> list[MapRecord]:
             try:
                 n_text = _scalar(archive, f"n_text_{i}", where)
                 n_regions = _scalar(archive, f"n_regions_{i}", where)
-                a = _check_map(archive[f"map_{i}"], f"map_{i}", n_text, n_regions, where)
-            except (ValueError, zipfile.BadZipFile) as error:
+                a = _check_map(_array(archive, f"map_{i}", where), f"map_{i}", n_text, n_regions, where)
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+                    RuntimeError) as error:  # a damaged member: bad CRC, compression data or method
                 if isinstance(error, MapFileError):
                     raise
                 raise MapFileError(f"{where}: entry {i} cannot be read ({error})") from None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -157,8 +158,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--gold-folds must lie in 0..20")
     if args.trees < 1:
         p.error("--trees must be at least 1")
+    if not (math.isfinite(args.gold_weight) and args.gold_weight > 0):
+        p.error(f"--gold-weight must be a finite number > 0, not {args.gold_weight}")
     if args.n_synthetic < 60 or args.n_test < 6:
         p.error("--n-synthetic must be at least 60 and --n-test at least 6")
+    if args.seed < 0:
+        p.error(f"--seed must be a non-negative integer, not {args.seed}")
     return args
 
 
@@ -167,14 +172,25 @@ def _is_classifier(path: Path) -> bool:
     return _is_metadata(metadata_path(path))
 
 
+def _json_object(path: Path) -> dict | None:
+    """The JSON object in `path`; None when it is missing, unreadable, not JSON or another JSON type."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _is_metadata(path: Path) -> bool:
-    return path.is_file() and "feature_names" in json.loads(path.read_text(encoding="utf-8"))
+    value = _json_object(path) if path.is_file() else None
+    return value is not None and "feature_names" in value
 
 
 def _is_report(path: Path) -> bool:
     if path.suffix == ".md":
         return first_line(path).startswith("# Head-pattern classifier")
-    return "evaluations" in json.loads(path.read_text(encoding="utf-8"))
+    value = _json_object(path)
+    return value is not None and "evaluations" in value
 
 
 def check_outputs(args: argparse.Namespace) -> None:

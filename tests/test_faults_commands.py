@@ -495,3 +495,147 @@ def test_a_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tiny_corpu
     kept = CheckpointManager(out).steps()
     assert kept and CheckpointManager(out).latest(need_state=True) == kept[-1]
     assert not list((out / "checkpoints").glob(".step_*"))
+
+
+# ------------------------------------------------------------------------------------------------ a new user's trial
+@pytest.mark.parametrize("override, key", [
+    ("run.seed=-1", "run.seed"), ("run.seed=100000000000000000000000", "run.seed"), ("optim.lr=[", "optim.lr=["),
+    ("batch.max_tokens=1", "batch.max_tokens"),
+    ("model.overrides={num_hidden_layers: 0, hidden_size: 32, num_attention_heads: 4, intermediate_size: 64}",
+     "num_hidden_layers 0"),
+    ("model.overrides={num_hidden_layers: 1, hidden_size: -32, num_attention_heads: 4, intermediate_size: 64}",
+     "hidden_size -32")])
+def test_more_bad_config_values(tiny_corpus, tmp_path, capsys, override, key):
+    result = call(train.main, ["--out", tmp_path / "run", *tiny_overrides(tiny_corpus), override], capsys)
+    assert_failed_cleanly(result, 2, key)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content, named", [(b"\xff\xfe\x00binary", "not UTF-8"),
+                                            (b"optim: !!python/object:os.system {}\n", "line 1")])
+def test_config_files_that_are_not_yaml_text(tmp_path, capsys, content, named):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(content)
+    result = call(train.main, ["--config", config, "--out", tmp_path / "run"], capsys)
+    assert_failed_cleanly(result, 2, str(config), named)
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, not YAML's quoted excerpt
+
+
+def test_an_empty_training_split_is_named(tiny_corpus, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    (corpus / "txt_db" / "train.jsonl").write_text("")
+    result = call(train.main, ["--out", tmp_path / "run", *tiny_overrides(corpus)], capsys)
+    assert_failed_cleanly(result, 2, "train.jsonl", "no captions")
+
+
+def test_resume_with_a_changed_mix_is_refused_and_nothing_changes(run_copy, tiny_corpus, capsys):
+    before = tree_digest(run_copy)
+    result = call(train.main, ["--out", run_copy, "--resume", "--no-eval", *tiny_overrides(tiny_corpus, steps=6),
+                               "tasks.mix={itm: 1}"], capsys)
+    assert_failed_cleanly(result, 2, "step_00000004", "train_config.json", "--force")
+    assert tree_digest(run_copy) == before
+
+
+def test_resume_skips_a_state_without_the_trainers_part_and_a_bad_metrics_step(run_copy, tiny_corpus, capsys):
+    import torch
+    state_file = run_copy / "checkpoints" / "step_00000004" / "state.pt"
+    state = torch.load(state_file, weights_only=False)
+    state["extra"] = {}
+    torch.save(state, state_file)
+    with open(run_copy / "metrics.jsonl", "a") as f:
+        f.write('{"step": "x"}\n')
+    result = call(train.main, ["--out", run_copy, "--resume", "--no-eval",
+                               *tiny_overrides(tiny_corpus, steps=6, save_every=2, keep_last=2)], capsys)
+    assert result.code == 0, result.stderr
+    assert "lacks the trainer's" in result.stderr and "damaged line" in result.stderr
+
+
+def test_force_keeps_user_files_inside_the_run(run_copy, tiny_corpus, capsys):
+    (run_copy / "checkpoints" / "NOTES.txt").write_text("mine")
+    (run_copy / "eval_my_own.json").write_text("{}")
+    result = call(train.main, ["--out", run_copy, "--force", "--no-eval", *tiny_overrides(tiny_corpus, steps=2)], capsys)
+    assert result.code == 0, result.stderr
+    assert (run_copy / "checkpoints" / "NOTES.txt").read_text() == "mine"
+    assert (run_copy / "eval_my_own.json").read_text() == "{}" and not (run_copy / "eval_test.json").exists()
+
+
+def test_force_never_removes_a_users_dot_old_folder(tiny_corpus, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tiny_corpus, corpus)
+    (tmp_path / ".corpus.old").mkdir()
+    (tmp_path / ".corpus.old" / "mine.txt").write_text("precious")
+    assert call(build_corpus.main, ["--out", corpus, *CORPUS_ARGS, "--force"], capsys).code == 0
+    assert (tmp_path / ".corpus.old" / "mine.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_symbolic_link_as_a_replaced_output_is_refused_up_front(tiny_corpus, tmp_path, capsys, dangling):
+    target = tmp_path / "real"
+    if not dangling:
+        shutil.copytree(tiny_corpus, target)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    result = call(build_corpus.main, ["--out", link, *CORPUS_ARGS, "--force"], capsys)
+    assert_failed_cleanly(result, 2, str(link), "symbolic link")
+    assert link.is_symlink() and not (tmp_path / "link.partial").exists()
+
+
+def test_two_trainers_never_write_one_run(run_copy, tiny_corpus, capsys):
+    held = train.lock_run_folder(run_copy)  # as another process training it would
+    try:
+        result = call(train.main, ["--out", run_copy, "--resume", "--no-eval", *tiny_overrides(tiny_corpus, steps=6)],
+                      capsys)
+    finally:
+        held.close()
+    assert_failed_cleanly(result, 2, str(run_copy), "another process")
+
+
+def test_two_builds_never_write_one_partial(tmp_path, capsys):
+    from uniter_core.outputs import OutputFolder
+    other = OutputFolder(tmp_path / "corpus", "build_corpus", "manifest.json")
+    other.start({"seed": 3})  # another build holds the partial
+    result = call(build_corpus.main, ["--out", tmp_path / "corpus", *CORPUS_ARGS], capsys)
+    assert_failed_cleanly(result, 2, "corpus.partial", "another build_corpus")
+
+
+def test_evaluate_and_export_refuse_a_corpus_of_other_features(run_copy, tmp_path, capsys):
+    config = json.loads((run_copy / "train_config.json").read_text())
+    corpus = tmp_path / "official"
+    assert call(official_db.main, [*_official_dbs(tmp_path), "--out", corpus], capsys).code == 0
+    config["data"]["corpus"] = str(corpus)
+    (run_copy / "train_config.json").write_text(json.dumps(config))
+    result = call(evaluate.main, ["--run", run_copy, "--split", "txt"], capsys)
+    assert_failed_cleanly(result, 2, "2048-d", "img_dim 1280")
+    result = call(export_stats.main, ["--run", run_copy, "--split", "txt", "--out", tmp_path / "s", "--no-progress"],
+                  capsys)
+    assert_failed_cleanly(result, 2, "2048-d")
+    assert not (tmp_path / "s").exists()
+
+
+def test_evaluate_falls_back_from_a_newest_checkpoint_that_does_not_load(run_copy, capsys):
+    from safetensors.torch import load_file, save_file
+    weights = run_copy / "checkpoints" / "step_00000004" / "model" / "model.safetensors"
+    state = load_file(weights)
+    state.pop(sorted(state)[0])
+    save_file(state, weights)
+    result = call(evaluate.main, ["--run", run_copy, "--split", "val", "--candidates", "3"], capsys)
+    assert result.code == 0 and "skipping checkpoint" in result.stderr, result.stderr
+    assert json.loads((run_copy / "eval_val.json").read_text())["checkpoint"] == "step_00000002"
+
+
+def test_export_stats_bad_device_and_empty_out(tiny_run, tmp_path, capsys):
+    assert_failed_cleanly(call(export_stats.main, ["--run", tiny_run, "--out", tmp_path / "s", "--device", "bogus"],
+                               capsys), 2, "--device")
+    assert_failed_cleanly(call(export_stats.main, ["--run", tiny_run, "--out", ""], capsys), 2, "--out")
+
+
+def test_a_closed_stdout_and_ctrl_c_while_starting(tiny_run, tmp_path):
+    done = subprocess.run(f"{sys.executable} -m uniter_core.report --run {tiny_run} >&-", shell=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert "Traceback" not in done.stderr, done.stderr
+    import time
+    start = time.monotonic()  # after the interpreter's own start, during the imports of torch and the model
+    result = run_and_signal("uniter_core.train", "--out", tmp_path / "run", when=lambda: time.monotonic() - start > 1.0)
+    assert_failed_cleanly(result, 130, "interrupted")
+    assert not (tmp_path / "run").exists()

@@ -100,16 +100,27 @@ def run_command(function: Callable, *args, **kwargs) -> int:
         return report(error)
     finally:
         try:
-            sys.stdout.flush()
+            if sys.stdout is not None:  # None when the shell closed it (`>&-`)
+                sys.stdout.flush()
         except (OSError, ValueError):
             pass
     return 0 if result is None else int(result)
 
 
+def output_path(text: str):
+    """argparse type of --out: a path, never the empty string (which would mean the working directory)."""
+    import argparse
+    from pathlib import Path
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not an output folder")
+    return Path(text)
+
+
 def exit_with(code: int) -> None:
     """sys.exit for `if __name__ == "__main__"`; closes stdout quietly when a pipe reader went away."""
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = code or 1

@@ -38,3 +38,25 @@ class Interrupted(BaseException):
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name
+
+
+def _quiet_exit(signum, frame):
+    import os
+    import sys
+    print(f"interrupted ({signal.Signals(signum).name}) while starting; nothing was written", file=sys.stderr)
+    os._exit(128 + signum)
+
+
+def quiet_interrupts_while_starting() -> None:
+    """When this process runs one of the project's commands (`python -m uniter_core.X` / `analyses.X`), a signal
+    during the seconds of imports before the command's own handling starts exits with one line, not with a
+    KeyboardInterrupt traceback. Library use (imports from other programs, the app) is left alone."""
+    import sys
+    argv = getattr(sys, "orig_argv", [])
+    module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
+    if module.startswith(("uniter_core.", "analyses.")):
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(s) in (signal.default_int_handler, signal.SIG_DFL):
+                    signal.signal(s, _quiet_exit)

@@ -143,6 +143,10 @@ def evaluate_model(model: UniterForPretraining, corpus: Path, split: str, config
                    n_candidates: int = 100) -> dict:
     config = config or TrainConfig()
     dataset = ImageTextDataset(corpus, split, config.data.max_text_len, config.data.max_regions)
+    dataset.check_fits(model.config)
+    if not len(dataset):
+        raise ResultsError(f"{dataset.text_file}: the split holds no captions to evaluate")
+    dataset.store.check_finite(dataset.image_ids)  # NaN features would only show up as NaN results
     was_training = model.training
     model.eval()
     try:
@@ -182,7 +186,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """Evaluate the run's newest intact checkpoint and/or its initialisation; results to eval_<split>*.json."""
     from uniter_core.train import build_model
     from uniter_core.train_config import config_from_dict
-    from uniter_core.train_state import CheckpointManager
+    from uniter_core.train_state import newest_loadable_model
 
     if not args.run.is_dir():
         raise UserError(f"--run {args.run} is not a folder")
@@ -192,7 +196,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
                         f"python -m uniter_core.train")
     config = config_from_dict(read_json(config_file, "run config"), str(config_file))
     warn = lambda message: print(message, file=sys.stderr)  # noqa: E731
-    latest = CheckpointManager(args.run).latest(warn=warn) if args.which != "baseline" else None
+    latest, trained = newest_loadable_model(args.run, warn) if args.which != "baseline" else (None, None)
     if args.which != "baseline" and latest is None:
         raise UserError(f"--run {args.run} holds no intact checkpoint (run uniter_core.train first, or "
                         f"--resume it)")
@@ -204,7 +208,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         known = sorted(p.stem for p in (corpus / "txt_db").glob("*.jsonl"))
         raise UserError(f"--split {args.split}: {split_file} does not exist (splits: {', '.join(known) or 'none'})")
     results = {}
-    models = {"pretrained": lambda: UniterForPretraining.from_pretrained(latest / "model"),
+    models = {"pretrained": lambda: trained,
               "baseline": lambda: build_model(config)}
     for name, make in models.items():
         if args.which not in (name, "both"):

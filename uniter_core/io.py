@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -88,18 +89,23 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [row for _, row in iter_jsonl(path)]
 
 
+def read_text(path: str | os.PathLike, what: str = "file", error: type[UserError] = JsonlError) -> str:
+    """A UTF-8 text file; missing, unreadable (a folder, permissions) or not UTF-8: `error` naming `<what> <path>`."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read ({e.strerror or e})") from None
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file"):
     """The parsed content of a JSON file; missing, unreadable or malformed: JsonlError `<what> <path> ...`."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise JsonlError(f"{what} {path} does not exist") from None
-    except UnicodeDecodeError as e:
-        raise JsonlError(f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
-                         f"{e.start})") from None
-    except OSError as e:
-        raise JsonlError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    text = read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -117,9 +123,7 @@ def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Move a finished folder into place, replacing an older one (the swap itself is two renames)."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}-{time.time_ns()}")  # a fresh name: never a user's
         os.replace(dst, old)
         os.replace(src, dst)
         shutil.rmtree(old)

@@ -15,6 +15,7 @@ The marker is `.written-by.json` ({"command": ...}); outputs written before it e
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -26,15 +27,28 @@ from uniter_core.io import replace_dir, write_json
 
 OWNER_FILE = ".written-by.json"
 SETTINGS_FILE = ".settings.json"
+LOCK_FILE = ".lock"
 
 
 class OutputError(UserError):
     """An output path the command must not (or cannot) write to."""
 
 
-def check_writable_location(path: Path, what: str = "--out") -> None:
-    """Refuse a path whose nearest existing ancestor is not a folder (e.g. `--out /tmp/file/sub`)."""
+class PartialKept(UserError):
+    """A failure after OUT.partial was started: the message adds what is kept and how to resume."""
+
+    def __init__(self, message: str, kept: str, exit_code: int = 2):
+        super().__init__(f"{message}; {kept}")
+        self.exit_code = exit_code
+
+
+def check_writable_location(path: Path, what: str = "--out", replaced: bool = False) -> None:
+    """Refuse a path whose nearest existing ancestor is not a folder (e.g. `--out /tmp/file/sub`), a dangling
+    symbolic link, and (`replaced`: the folder will be swapped for a new one) any symbolic link."""
     path = Path(path)
+    if path.is_symlink() and (replaced or not path.exists()):
+        raise OutputError(f"{what} {path} is a symbolic link{'' if path.exists() else ' to nothing'}; give the "
+                          f"real folder")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what} {path} is a file, not a folder")
     parent = path.parent
@@ -44,6 +58,18 @@ def check_writable_location(path: Path, what: str = "--out") -> None:
         raise OutputError(f"{what} {path}: {parent} is a file, not a folder")
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise EnvironmentFailure(f"{what} {path}: {parent} is not writable (permission denied)")
+
+
+def lock_folder(folder: Path, busy: str):
+    """An advisory lock (folder/.lock) held until the returned handle is closed or the process ends; OutputError
+    `busy` when another process holds it."""
+    handle = open(folder / LOCK_FILE, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise OutputError(busy) from None
+    return handle
 
 
 def _read_owner(folder: Path, name: str) -> dict | None:
@@ -59,8 +85,9 @@ class OutputFolder:
                  legacy: Callable[[Path], bool] | None = None, own_entries: Callable[[str], bool] | None = None):
         """`finished`: the file written last (its presence means done); `own_entries(name)`: whether a top-level
         name belongs to this command's output (what `--force` may replace)."""
-        self.out = Path(out)
+        self.out = Path(out) if Path(out).name else Path(out).resolve()  # "." has no name to append to
         self.partial = self.out.with_name(self.out.name + ".partial")
+        self._lock = None
         self.command, self.finished, self.force = command, finished, force
         self.legacy = legacy or (lambda folder: False)
         self.own_entries = own_entries or (lambda name: True)
@@ -73,7 +100,7 @@ class OutputFolder:
         return (folder / self.finished).exists() and self.legacy(folder)
 
     def _is_own_partial(self) -> bool:
-        settings = _read_owner(self.partial, SETTINGS_FILE)
+        settings = _read_owner(self.partial, SETTINGS_FILE) or _read_owner(self.partial, OWNER_FILE)
         return settings is not None and settings.get("command", self.command) == self.command
 
     @property
@@ -82,7 +109,7 @@ class OutputFolder:
 
     def check(self) -> bool:
         """Refuse what must not be touched; True when a finished output is there and no --force was given."""
-        check_writable_location(self.out)
+        check_writable_location(self.out, replaced=True)
         entries = sorted(p.name for p in self.out.iterdir()) if self.out.is_dir() else []
         if entries:
             if not self._is_own(self.out):
@@ -93,7 +120,7 @@ class OutputFolder:
                                   f"{self.finished}; remove it by hand or choose a new folder")
             if not self.force:
                 return True
-            foreign = [e for e in entries if e != OWNER_FILE and not self.own_entries(e)]
+            foreign = [e for e in entries if e not in (OWNER_FILE, SETTINGS_FILE) and not self.own_entries(e)]
             if foreign:
                 raise OutputError(f"--force would delete {self.out / foreign[0]}, which {self.command} did not "
                                   f"write; move it away first")
@@ -107,11 +134,27 @@ class OutputFolder:
     def start(self, settings: dict) -> Path:
         """`OUT.partial`, resumed when its settings match, else emptied (it is this command's own)."""
         settings = json.loads(json.dumps({"command": self.command, **settings}))  # as it will read back
-        if self.partial.exists() and _read_owner(self.partial, SETTINGS_FILE) != settings:
-            shutil.rmtree(self.partial)
+        if self.partial.exists():
+            self._take_lock()  # before anything in it is touched: another run of the command may own it
+            if _read_owner(self.partial, SETTINGS_FILE) != settings:
+                self._release_lock()
+                shutil.rmtree(self.partial)
         self.partial.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
         write_json(self.partial / SETTINGS_FILE, settings, indent=None)
         return self.partial
+
+    def _take_lock(self) -> None:
+        """An advisory lock on OUT.partial: two runs of a command never build the same output at once."""
+        if self._lock is not None:
+            return
+        self._lock = lock_folder(self.partial, f"{self.partial} is being written by another {self.command} right "
+                                               f"now; wait for it or choose another --out")
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @contextlib.contextmanager
     def building(self) -> Iterator[Path]:
@@ -125,11 +168,19 @@ class OutputFolder:
         except OSError as error:
             from uniter_core.cli import describe_os_error
             raise EnvironmentFailure(f"{describe_os_error(error)}; {kept}") from None
+        except PartialKept:
+            raise
+        except UserError as error:  # e.g. a damaged input found half-way: fix it and the rerun resumes
+            raise PartialKept(str(error), kept, error.exit_code) from None
 
     def finish(self) -> Path:
+        """Mark the partial as this command's, move it into place, then drop the build's own bookkeeping (a
+        failure of the move leaves a partial that the same command still recognises and resumes)."""
         write_json(self.partial / OWNER_FILE, {"command": self.command})
-        (self.partial / SETTINGS_FILE).unlink(missing_ok=True)
+        (self.partial / LOCK_FILE).unlink(missing_ok=True)
         replace_dir(self.partial, self.out)
+        self._release_lock()
+        (self.out / SETTINGS_FILE).unlink(missing_ok=True)
         return self.out
 
 
@@ -149,8 +200,8 @@ def check_output_file(path: str | os.PathLike, command: str, is_own: Callable[[P
         raise OutputError(f"{what} {path} is a folder; give a file name")
     if path.exists():
         try:
-            own = is_own(path)
-        except (OSError, ValueError):
+            own = bool(is_own(path))
+        except Exception:  # a recogniser that trips over a foreign file's content: the file is not ours
             own = False
         if not own:
             raise OutputError(f"{what} {path} exists and was not written by {command}; choose another name "

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from uniter_core.cli import exit_with, run_command
+from uniter_core.errors import UserError
+from uniter_core.io import read_json
 
 ROWS = [("t2i_r1", "text→image R@1"), ("t2i_r5", "text→image R@5"), ("t2i_r10", "text→image R@10"),
         ("i2t_r1", "image→text R@1"), ("i2t_r5", "image→text R@5"), ("i2t_r10", "image→text R@10"),
@@ -25,6 +26,25 @@ def table(pretrained: dict, baseline: dict | None) -> str:
     return "\n".join(lines)
 
 
+def read_results(path: Path, required: tuple[str, ...]) -> dict:
+    """An evaluation file of uniter_core.evaluate: a JSON object with the `required` keys and a number for every
+    metric of ROWS it holds; else UserError naming the file and what is wrong."""
+    results = read_json(path, "evaluation results")
+    if not isinstance(results, dict):
+        raise UserError(f"evaluation results {path} hold a JSON {type(results).__name__}, not an object; "
+                        f"rerun python -m uniter_core.evaluate")
+    missing = [key for key in required if key not in results]
+    if missing:
+        raise UserError(f"evaluation results {path} lack {', '.join(missing)}; rerun python -m "
+                        f"uniter_core.evaluate")
+    for key in ("candidates", *(key for key, _ in ROWS)):
+        value = results.get(key)
+        if key in results and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UserError(f"evaluation results {path}: {key} is {value!r}, not a number; rerun python -m "
+                            f"uniter_core.evaluate")
+    return results
+
+
 def report_command(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, type=Path)
@@ -34,9 +54,9 @@ def report_command(argv=None) -> int:
     if not result_file.exists():
         print(f"error: {result_file} does not exist (train and evaluate the run first)", file=sys.stderr)
         return 2
-    pretrained = json.loads(result_file.read_text())
+    pretrained = read_results(result_file, required=("checkpoint", "candidates", *(key for key, _ in ROWS)))
     baseline_file = args.run / f"eval_{args.split}_baseline.json"
-    baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
+    baseline = read_results(baseline_file, required=()) if baseline_file.exists() else None
     print(f"{args.run} ({pretrained['checkpoint']}), {args.split} split, "
           f"{pretrained['candidates']} retrieval candidates:\n")
     print(table(pretrained, baseline))

@@ -27,15 +27,15 @@ from tqdm import tqdm
 
 from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import ImageTextDataset, TokenBucketSampler
-from uniter_core.cli import StopRequest, exit_with, run_command
+from uniter_core.cli import StopRequest, exit_with, output_path, run_command
 from uniter_core.errors import EnvironmentFailure, Interrupted, UserError
 from uniter_core.io import write_json, write_jsonl
 from uniter_core.optim import build_optimizer, build_scheduler
-from uniter_core.outputs import check_writable_location
+from uniter_core.outputs import check_writable_location, lock_folder
 from uniter_core.pretrain import UniterForPretraining, task_loss
 from uniter_core.tasks import TaskSampler, build_task_dataset
 from uniter_core.train_config import ConfigError, TrainConfig, load_config
-from uniter_core.train_state import CheckpointManager
+from uniter_core.train_state import CheckpointError, CheckpointManager
 
 
 class TaskStream:
@@ -83,12 +83,19 @@ class TaskStream:
 
 def model_config(config: TrainConfig) -> UniterConfig:
     try:
-        return UniterConfig.from_preset(config.model.preset, **{
+        built = UniterConfig.from_preset(config.model.preset, **{
             "itm_neg_prob": config.tasks.itm_neg_prob, "itm_ot_lambda": config.tasks.itm_ot_lambda,
             **config.model.overrides})
     except Exception as error:  # noqa: BLE001 - the preset's own checks (sizes, known fields), whatever their type
         reason = str(error).strip().splitlines()[-1].strip()  # validators may wrap the reason in more lines
         raise ConfigError(f"config: model.preset / model.overrides: {reason}") from None
+    sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+             "img_dim", "num_region_classes", "max_position_embeddings")
+    bad = [f"{name} {getattr(built, name)}" for name in sizes
+           if not isinstance(getattr(built, name, 1), int) or getattr(built, name, 1) < 1]
+    if bad:
+        raise ConfigError(f"config: model.overrides: sizes must be integers >= 1 ({', '.join(bad)})")
+    return built
 
 
 def build_model(config: TrainConfig, train_set: ImageTextDataset | None = None) -> UniterForPretraining:
@@ -126,6 +133,13 @@ def check_data(config: TrainConfig, uniter_config: UniterConfig, where: str) -> 
         raise ConfigError(f"{where}: data.corpus {corpus} is not a built corpus (no manifest.json); build it "
                           f"with `python -m uniter_core.data.build_corpus --out {corpus}`")
     dataset = ImageTextDataset(corpus, config.data.train_split, config.data.max_text_len, config.data.max_regions)
+    if not len(dataset):
+        raise ConfigError(f"{where}: data.train_split {config.data.train_split}: {dataset.text_file} holds no "
+                          f"captions")
+    longest = max(dataset.lengths())
+    if config.batch.max_tokens < longest * config.batch.size_multiple:
+        raise ConfigError(f"{where}: batch.max_tokens {config.batch.max_tokens} cannot hold batch.size_multiple "
+                          f"{config.batch.size_multiple} examples of the longest length {longest}")
     if dataset.img_dim != uniter_config.img_dim:
         raise ConfigError(f"{where}: the features in {corpus} have dimension {dataset.img_dim} but the model "
                           f"expects img_dim {uniter_config.img_dim}")
@@ -183,7 +197,7 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
             except ValueError:
                 damaged += 1
                 continue
-            if isinstance(record, dict):
+            if isinstance(record, dict) and isinstance(record.get("step", 0), int):
                 records.append(record)
             else:
                 damaged += 1
@@ -204,28 +218,50 @@ def _truncate_metrics(path: Path, step: int) -> None:
         write_jsonl(path, kept)
 
 
+def _own_evaluation(path: Path) -> bool:
+    """An eval_<split>[_baseline].json written by uniter_core.evaluate or the trainer (they name a checkpoint)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(result, dict) and "checkpoint" in result and "t2i_r1" in result
+
+
 def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to start a fresh run over an existing one unless asked; --force removes only the run's own files."""
+    """Refuse to start a fresh run over an existing one unless asked; --force removes only the run's own files
+    (checkpoint folders, the latest pointer, metrics, config and the evaluations it wrote)."""
     check_writable_location(out)
+    if (out / "checkpoints").exists() and not (out / "checkpoints").is_dir():
+        raise UserError(f"--out {out}: {out / 'checkpoints'} is a file; a run keeps its checkpoints in that folder")
     checkpoints = CheckpointManager(out)
     existing = [p.name for p in checkpoints.steps()]
     has_run = existing or any((out / name).exists() for name in RUN_OUTPUTS[1:])
     if force and has_run:
-        for name in RUN_OUTPUTS:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        for path in checkpoints.steps():
+            shutil.rmtree(path)
+        checkpoints.remove_partials()
+        (out / "checkpoints" / "latest").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (out / "checkpoints").rmdir()  # only when nothing of yours is left in it
+        for name in RUN_OUTPUTS[1:]:
+            (out / name).unlink(missing_ok=True)
         for path in out.glob("eval_*.json"):
-            path.unlink()
+            if _own_evaluation(path):
+                path.unlink()
         _warn(f"--force: removed the earlier run in {out} (checkpoints {', '.join(existing) or 'none'}, metrics, "
-              f"evaluations)")
+              f"config, evaluations)")
     elif has_run and not resume:
         held = f"checkpoints {', '.join(existing)}" if existing else "a run without checkpoints"
         raise UserError(f"--out {out} already holds {held}; add --resume to continue it or --force to start "
                         f"over (removes them)")
     checkpoints.remove_partials()
+
+
+def lock_run_folder(out: Path):
+    """An advisory lock on the run folder for the life of the process: two trainers never write one run."""
+    out.mkdir(parents=True, exist_ok=True)
+    return lock_folder(out, f"--out {out} is being trained by another process right now; wait for it or choose "
+                            f"another --out")
 
 
 class Trainer:
@@ -241,13 +277,15 @@ class Trainer:
             torch.set_num_threads(config.run.threads)
         torch.manual_seed(config.run.seed + self.rank)
         self.where = where
+        check_writable_location(out)
+        uniter_config = model_config(config)  # config and data are checked before the run folder is touched
+        self.train_set = check_data(config, uniter_config, where)
         if self.rank == 0:
+            self._lock = lock_run_folder(out)
             prepare_run_folder(out, resume, force)
         if self.world_size > 1:
             dist.barrier()
         self.checkpoints = CheckpointManager(out, config.run.keep_last)
-        uniter_config = model_config(config)
-        self.train_set = check_data(config, uniter_config, where)
         latest, state, model = self._newest_checkpoint() if resume else (None, None, None)
         self.model = model or build_model(config, self.train_set)
         self.model.to(device)
@@ -269,15 +307,23 @@ class Trainer:
         for task, ratio in config.tasks.mix.items():
             if float(ratio) > 0:
                 dataset, collate_fn = build_task_dataset(task, self.train_set, self.model.config, config.run.seed)
-                self.streams[task] = TaskStream(task, dataset, collate_fn, config, self.rank, self.world_size)
+                try:
+                    self.streams[task] = TaskStream(task, dataset, collate_fn, config, self.rank, self.world_size)
+                except ValueError as error:  # the sampler's check that batch.max_tokens fits the longest example
+                    raise ConfigError(f"{where}: batch.max_tokens / batch.size_multiple: {error}") from None
         self.step = 0
         self.metrics_path = out / "metrics.jsonl"
         if latest is not None:
-            CheckpointManager.apply_state(state, self.optimizer, self.scheduler)
-            self.step = state["step"]
-            self.task_sampler.load_state_dict(state["extra"]["task_sampler"])
-            for task, stream_state in state["extra"]["streams"].items():
-                self.streams[task].load_state_dict(stream_state)
+            try:  # a config changed since the checkpoint (task mix, parameter groups) cannot continue it exactly
+                CheckpointManager.apply_state(state, self.optimizer, self.scheduler)
+                self.step = state["step"]
+                self.task_sampler.load_state_dict(state["extra"]["task_sampler"])
+                for task, stream_state in state["extra"]["streams"].items():
+                    self.streams[task].load_state_dict(stream_state)
+            except (ValueError, KeyError, TypeError) as error:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise UserError(f"--resume: {latest} does not fit this config ({reason}); resume with the run's "
+                                f"own settings ({out / 'train_config.json'}) or start over with --force") from None
             if self.rank == 0:
                 _truncate_metrics(self.metrics_path, self.step)
         elif self.rank == 0:
@@ -294,10 +340,14 @@ class Trainer:
         for path in self.checkpoints.intact(need_state=True, warn=warn):
             try:
                 state = CheckpointManager.read_state(path)
+                missing = {"task_sampler", "streams"} - set(state["extra"] if isinstance(state["extra"], dict) else ())
+                if missing:
+                    raise CheckpointError(f"state.pt lacks the trainer's {sorted(missing)}")
                 model = UniterForPretraining.from_pretrained(path / "model")
-            except UserError as error:
+            except Exception as error:  # noqa: BLE001 - whatever fails to load is damaged for this purpose
                 if warn:
-                    warn(f"skipping checkpoint {path}: {error}")
+                    reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                    warn(f"skipping checkpoint {path}: {reason}")
                 continue
             bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
             if bad:
@@ -476,13 +526,13 @@ class Trainer:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help="YAML config (see configs/); omitted: all defaults")
-    p.add_argument("--out", required=True, type=Path, help="run folder, e.g. runs/pretrain-mini")
+    p.add_argument("--out", required=True, type=output_path, help="run folder, e.g. runs/pretrain-mini")
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")
     p.add_argument("--force", action="store_true",
                    help="start over in an --out that holds a run (removes its checkpoints, metrics and evaluations)")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=1e-4 run.num_steps=50")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after the flags
     if args.resume and args.force:
         p.error("--resume and --force exclude each other")
     return args

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 from uniter_core.errors import UserError
+from uniter_core.io import read_text
 
 
 TASKS = ("mlm", "mrfr", "mrc", "mrckl", "itm")
@@ -140,7 +141,17 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
     key, raw = text.split("=", 1)
-    return key.split("."), yaml.safe_load(raw)
+    try:
+        return key.split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_reason(error)})") from None
+
+
+def _yaml_reason(error: yaml.YAMLError) -> str:
+    """One line for a YAML error (its str() quotes the source over several lines)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem}, line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def config_from_dict(values: dict, where: str) -> TrainConfig:
@@ -156,12 +167,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     config = TrainConfig()
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            values = yaml.safe_load(read_text(path, "config file", ConfigError)) or {}
         except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_reason(error)})") from None
         _merge(config, values, str(path))
     for text in overrides:
         keys, value = _parse_override(text)
@@ -191,6 +200,8 @@ def validate(config: TrainConfig, where: str) -> None:
         section, name = key.split(".")
         if getattr(getattr(config, section), name) < low:
             raise ConfigError(f"{where}: {key} must be >= {low}, got {getattr(getattr(config, section), name)}")
+    if not 0 <= config.run.seed < 2 ** 31:
+        raise ConfigError(f"{where}: run.seed must lie in [0, 2**31), got {config.run.seed}")
     positive = {"optim.lr": config.optim.lr, "optim.grad_clip": config.optim.grad_clip}
     for key, value in positive.items():
         if not (math.isfinite(value) and value > 0):

@@ -171,3 +171,38 @@ class CheckpointManager:
         state = cls.read_state(checkpoint)
         cls.apply_state(state, optimizer, scheduler)
         return state
+
+
+def non_finite_weights(model) -> list[str]:
+    """Names of the floating-point tensors of `model` that hold NaN or infinite values."""
+    return [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+
+
+def newest_loadable_model(run_dir: str | Path, warn=None):
+    """(checkpoint folder, UniterForPretraining) of the newest checkpoint of a run whose model loads and holds
+    finite weights, trying older ones after a damaged one (`warn(message)` hears why each was skipped);
+    CheckpointError when none does, naming each one's problem."""
+    from uniter_core.pretrain import UniterForPretraining
+
+    manager = CheckpointManager(run_dir)
+    reasons: list[str] = []
+
+    def skipped(message: str) -> None:
+        reasons.append(message.removeprefix("skipping checkpoint "))
+        if warn is not None:
+            warn(message)
+
+    for path in manager.intact(need_state=False, warn=skipped):
+        try:
+            model = UniterForPretraining.from_pretrained(path / "model")
+        except Exception as error:  # noqa: BLE001 - whatever fails to load is damaged for this purpose
+            skipped(f"skipping checkpoint {path}: {str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__}")
+            continue
+        bad = non_finite_weights(model)
+        if bad:
+            skipped(f"skipping checkpoint {path}: weights hold NaN or infinite values (e.g. {bad[0]})")
+            continue
+        return path, model
+    if reasons:
+        raise CheckpointError(f"{run_dir}: no checkpoint can be loaded ({'; '.join(reasons)})")
+    return None, None

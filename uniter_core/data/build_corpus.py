@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from uniter_core.cli import exit_with, run_command
+from uniter_core.cli import exit_with, output_path, run_command
 from uniter_core.data.backbone import FEATURE_DIM, imagenet_class_names
 from uniter_core.data.captions import align_word_pieces, describe_scene
 from uniter_core.data.corpus_writer import CorpusWriter
@@ -35,7 +35,7 @@ SPLITS = ("train", "val", "test")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/collage")
+    p.add_argument("--out", required=True, type=output_path, help="output folder, e.g. data/collage")
     p.add_argument("--n-train", type=int, default=1200, help="training images (default 1200)")
     p.add_argument("--n-val", type=int, default=150, help="validation images (default 150)")
     p.add_argument("--n-test", type=int, default=150, help="test images (default 150)")
@@ -50,8 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if args.n_train + args.n_val + args.n_test == 0:
         p.error("the corpus needs at least one image")
-    if args.captions < 1 or args.shard_size < 1 or args.image_size < 64:
-        p.error("--captions and --shard-size must be >= 1, --image-size >= 64")
+    if args.captions < 1 or args.shard_size < 1 or not 64 <= args.image_size <= 4096:
+        p.error("--captions and --shard-size must be >= 1, --image-size between 64 and 4096")
+    if not 0 <= args.seed < 2 ** 31:
+        p.error("--seed must lie in [0, 2**31)")
     return args
 
 

@@ -55,6 +55,7 @@ class ImageTextDataset(Dataset):
     def __init__(self, corpus_dir: str | Path, split: str, max_text_len: int = 60, max_regions: int = 100):
         corpus_dir = Path(corpus_dir)
         text_file = corpus_dir / "txt_db" / f"{split}.jsonl"
+        self.text_file = text_file
         if not text_file.is_file():
             splits = sorted(p.stem for p in (corpus_dir / "txt_db").glob("*.jsonl")) \
                 if (corpus_dir / "txt_db").is_dir() else []
@@ -100,6 +101,17 @@ class ImageTextDataset(Dataset):
     @property
     def img_dim(self) -> int:
         return self.store.feature_dim
+
+    def check_fits(self, config) -> None:
+        """Refuse a model (UniterConfig `config`) whose region features or classes differ from this corpus's,
+        before a forward pass fails on shapes."""
+        where = self.store.directory / "manifest.json"
+        if self.img_dim != config.img_dim:
+            raise CorpusError(f"{where}: the corpus has {self.img_dim}-d region features but the model expects "
+                              f"img_dim {config.img_dim}")
+        if len(self.store.class_names) != config.num_region_classes:
+            raise CorpusError(f"{where}: the corpus has {len(self.store.class_names)} region classes but the model "
+                              f"expects {config.num_region_classes}")
 
     def __len__(self) -> int:
         return len(self.texts)

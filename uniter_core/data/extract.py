@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from uniter_core.cli import exit_with, run_command
+from uniter_core.cli import exit_with, output_path, run_command
 from uniter_core.data.backbone import FEATURE_DIM, imagenet_class_names
 from uniter_core.data.corpus_writer import CorpusWriter
 from uniter_core.data.regions import RegionFeatureExtractor, grid_proposals
@@ -81,6 +81,14 @@ def _is_coco_id(value) -> bool:
 
 
 def _coco_captions(path: Path) -> list[tuple[str, str, object]]:
+    def _encodable(text: str) -> bool:
+        """False for strings JSON can hold but UTF-8 cannot: lone surrogates such as "\\ud800"."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+
     data = _read_json(path, "captions file")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations"), list):
@@ -92,7 +100,7 @@ def _coco_captions(path: Path) -> list[tuple[str, str, object]]:
         if not _is_coco_id(image["id"]):
             raise InputError(f"captions file {path}: images[{i}] has id {image['id']!r}, expected an integer or "
                              f"a string")
-        if not image["file_name"].strip() or "\0" in image["file_name"]:
+        if not image["file_name"].strip() or "\0" in image["file_name"] or not _encodable(image["file_name"]):
             raise InputError(f"captions file {path}: images[{i}] has the file_name {image['file_name']!r}, which "
                              f"is not a usable file name")
         if image["id"] in files:
@@ -107,6 +115,9 @@ def _coco_captions(path: Path) -> list[tuple[str, str, object]]:
                              f"an integer or a string")
         if "\0" in ann["caption"]:
             raise InputError(f"captions file {path}: the caption of annotations[{i}] contains a NUL character")
+        if not _encodable(ann["caption"]):
+            raise InputError(f"captions file {path}: the caption {ann['caption']!r} of annotations[{i}] contains "
+                             f"a lone surrogate escape (\\ud800-\\udfff), which is not text")
         if ann["image_id"] not in files:
             raise InputError(f"captions file {path}: annotations[{i}] refers to image id {ann['image_id']!r}, "
                              f"which is not in 'images'")
@@ -137,9 +148,17 @@ def _csv_captions(path: Path) -> list[tuple[str, str, object]]:
             if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
                 raise InputError(f"captions file {path}: the CSV header must name the columns image and caption "
                                  f"(found {reader.fieldnames})")
+            repeated = [c for c in ("image", "caption") if reader.fieldnames.count(c) > 1]
+            if repeated:
+                raise InputError(f"captions file {path}: the CSV header names the column {repeated[0]} "
+                                 f"{reader.fieldnames.count(repeated[0])} times (found {reader.fieldnames})")
             rows = []
             for row in reader:
                 line = reader.line_num
+                if None in row:  # DictReader's restkey: more fields than the header has columns
+                    raise InputError(f"captions file {path}: line {line} has "
+                                     f"{len(reader.fieldnames) + len(row[None])} fields but the header has "
+                                     f"{len(reader.fieldnames)} columns (quote a caption that contains commas)")
                 if not row["image"]:
                     raise InputError(f"captions file {path}: line {line} names no image")
                 if row["caption"] is None:
@@ -176,6 +195,12 @@ def load_boxes(path: Path) -> dict:
 def _user_boxes(path: Path, image_id: str, value, width: int, height: int) -> tuple[np.ndarray, list[int]]:
     if isinstance(value, list) and not value:
         raise InputError(f"boxes file {path} gives image {image_id!r} an empty box list")
+    if isinstance(value, list):  # np.asarray would take "10" and true as numbers
+        for i, box in enumerate(value):
+            if isinstance(box, list) and any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in box):
+                bad = next(x for x in box if isinstance(x, bool) or not isinstance(x, (int, float)))
+                raise InputError(f"boxes file {path}: box {i} of image {image_id!r} holds {json.dumps(bad)}, "
+                                 f"not a number ({json.dumps(box)})")
     try:
         boxes = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -220,7 +245,16 @@ def plan(args: argparse.Namespace) -> tuple[list[ImageJob], list[dict]]:
             image_boxes, index = _user_boxes(args.boxes, image_id, boxes[image_id], width, height)
         jobs[image_id] = ImageJob(image_id, path, width, height, scale, image_boxes, index)
     tokenizer = load_tokenizer()
-    ids = tokenizer([c for _, c, _ in captions], add_special_tokens=False)["input_ids"]
+    try:
+        ids = tokenizer([c for _, c, _ in captions], add_special_tokens=False)["input_ids"]
+    except (TypeError, ValueError, UnicodeError):  # name the caption the tokenizer refuses
+        for image_id, caption, source_id in captions:
+            try:
+                tokenizer(caption, add_special_tokens=False)
+            except (TypeError, ValueError, UnicodeError) as e:
+                raise InputError(f"captions file {args.captions}: the caption {source_id!r} of image {image_id!r} "
+                                 f"({caption!r}) cannot be tokenised ({e})") from None
+        raise
     rows = []
     for i, ((image_id, caption, source_id), input_ids) in enumerate(zip(captions, ids)):
         if not input_ids:
@@ -305,7 +339,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--images", required=True, type=Path, help="folder the captions' image names are relative to")
     p.add_argument("--captions", required=True, type=Path, help="COCO captions .json or .csv (image,caption)")
     p.add_argument("--boxes", type=Path, help="JSON {file_name: [[x1, y1, x2, y2], ...]} in pixels")
-    p.add_argument("--out", required=True, type=Path, help="output corpus folder")
+    p.add_argument("--out", required=True, type=output_path, help="output corpus folder")
     p.add_argument("--split", default="train", help="name of the text split (default train)")
     p.add_argument("--shard-size", type=int, default=100, help="images per feature shard (the resume unit)")
     p.add_argument("--max-side", type=int, default=640, help="scale larger images down to this side (default 640)")

@@ -38,7 +38,7 @@ from lz4.frame import compress as lz4_compress
 from lz4.frame import decompress as lz4_decompress
 from tqdm import tqdm
 
-from uniter_core.cli import exit_with, run_command
+from uniter_core.cli import exit_with, output_path, run_command
 from uniter_core.data.corpus_writer import CorpusWriter
 from uniter_core.data.regions import RegionFeatures
 from uniter_core.data.store import FIELDS, StoreError
@@ -226,9 +226,21 @@ class OfficialImageDB:
         if conf_th == -1:
             self.name2nbb = {fname: num_bb for fname in self._db.keys()}
         elif not keep_all:
-            self.name2nbb = {k: int(v) for k, v in _read_json(nbb_path).items()}
+            self.name2nbb = self._read_nbb(nbb_path)
         else:
             self.name2nbb = self._compute_nbb()
+
+    @staticmethod
+    def _read_nbb(path: Path) -> dict[str, int]:
+        """{img_fname: nbb} of the nbb JSON; OfficialDBError naming the file and entry unless every nbb is an int."""
+        name2nbb = _read_json(path)
+        if not isinstance(name2nbb, dict):
+            raise OfficialDBError(f"{path} must map image file names to box counts, not a "
+                                  f"{type(name2nbb).__name__}")
+        for fname, nbb in name2nbb.items():
+            if type(nbb) is not int or nbb < 0:
+                raise OfficialDBError(f"{path}: the box count of {fname!r} is {nbb!r}, not a non-negative integer")
+        return name2nbb
 
     def _compute_nbb(self) -> dict[str, int]:
         fnames = self._db.keys()
@@ -237,16 +249,47 @@ class OfficialImageDB:
 
     def _dump(self, fname: str) -> dict[str, np.ndarray]:
         data = self._db.get(fname.encode("utf-8"))
-        if data is None:
-            raise KeyError(f"image {fname!r} is not in the official image DB {self.db_path}")
+        if data is None:  # only listed names are read (name2nbb or __keys__): the DB contradicts itself
+            listed_in = "__keys__" if self.conf_th == -1 or not hasattr(self, "name2nbb") else \
+                nbb_file_name(self.conf_th, self.max_bb, self.min_bb)
+            raise OfficialDBError(f"{self.db_path}: {listed_in} lists the image {fname!r} but the LMDB has no "
+                                  f"entry for it")
         try:
             dump = decode_image_dump(data, self.compress)
         except Exception as e:  # noqa: BLE001 - any decoding failure means the same thing to the user
             raise OfficialDBError(f"{self.db_path}: the entry of {fname!r} cannot be decoded ({e})") from None
+        if not isinstance(dump, dict):
+            raise OfficialDBError(f"{self.db_path}: the entry of {fname!r} is a {type(dump).__name__}, not a dict "
+                                  f"of arrays")
         missing = [f for f in FIELDS if f not in dump]
         if missing:
             raise OfficialDBError(f"{self.db_path}: the entry of {fname!r} lacks the fields {missing}")
-        return dump
+        return self._check_dump(fname, dump)
+
+    def _check_dump(self, fname: str, dump: dict) -> dict[str, np.ndarray]:
+        """The fields as numeric arrays of the official shapes: features [n, d], norm_bb [n, 6], conf [n],
+        soft_labels [n, c]; OfficialDBError naming the LMDB and the image otherwise."""
+        arrays = {}
+        for field in FIELDS:
+            value = dump[field]
+            array = value if isinstance(value, np.ndarray) else None
+            if array is None or array.dtype.kind not in "fiu":
+                what = f"{array.dtype} array" if array is not None else type(value).__name__
+                raise OfficialDBError(f"{self.db_path}: the field {field} of {fname!r} is a {what}, not an "
+                                      f"array of numbers")
+            arrays[field] = array
+        n = arrays["features"].shape[0] if arrays["features"].ndim == 2 else None
+        expected = {"features": "[n, feature_dim]", "norm_bb": "[n, 6]", "conf": "[n]",
+                    "soft_labels": "[n, num_classes]"}
+        shapes_ok = {"features": n is not None,
+                     "norm_bb": arrays["norm_bb"].ndim == 2 and arrays["norm_bb"].shape[1] == 6,
+                     "conf": arrays["conf"].ndim == 1, "soft_labels": arrays["soft_labels"].ndim == 2}
+        for field in FIELDS:
+            if not shapes_ok[field] or (n is not None and arrays[field].shape[0] != n):
+                raise OfficialDBError(f"{self.db_path}: the field {field} of {fname!r} has shape "
+                                      f"{list(arrays[field].shape)}, expected {expected[field]}"
+                                      + (f" with n = {n} (the rows of features)" if n is not None else ""))
+        return {**dump, **arrays}
 
     @property
     def image_ids(self) -> list[str]:
@@ -279,15 +322,47 @@ class OfficialTextDB:
         if not self.db_dir.is_dir():
             raise OfficialDBError(f"official text DB folder {self.db_dir} does not exist")
         _require(self.db_dir / "data.mdb", "text DB (LMDB)")
-        id2len = _read_json(_require(self.db_dir / "id2len.json", "text DB"))
+        id2len = self._read_id2len(_require(self.db_dir / "id2len.json", "text DB"))
         self.id2len = {k: v for k, v in id2len.items() if max_txt_len == -1 or v <= max_txt_len}
-        self.meta = _read_json(_require(self.db_dir / "meta.json", "text DB"))
-        missing = [k for k in ("CLS", "SEP", "MASK", "v_range") if k not in self.meta]
-        if missing:
-            raise OfficialDBError(f"{self.db_dir / 'meta.json'} lacks the keys {missing}")
+        self.meta = self._read_meta(_require(self.db_dir / "meta.json", "text DB"))
         self.cls_, self.sep, self.mask, self.v_range = (self.meta[k] for k in ("CLS", "SEP", "MASK", "v_range"))
         self._db = _Lmdb(self.db_dir)
         self._db.check()
+
+    @staticmethod
+    def _read_id2len(path: Path) -> dict[str, int]:
+        id2len = _read_json(path)
+        if not isinstance(id2len, dict):
+            raise OfficialDBError(f"{path} must map text ids to token counts, not a {type(id2len).__name__}")
+        for text_id, length in id2len.items():
+            if type(length) is not int or length < 0:
+                raise OfficialDBError(f"{path}: the length of text {text_id!r} is {length!r}, not a non-negative "
+                                      f"integer")
+        return id2len
+
+    @staticmethod
+    def _read_meta(path: Path) -> dict:
+        """meta.json with integer CLS, SEP, MASK (and UNK) ids below v_range = [first random-token id, vocab size]."""
+        meta = _read_json(path)
+        if not isinstance(meta, dict):
+            raise OfficialDBError(f"{path} must be a JSON object with the keys CLS, SEP, MASK and v_range, not a "
+                                  f"{type(meta).__name__}")
+        missing = [k for k in ("CLS", "SEP", "MASK", "v_range") if k not in meta]
+        if missing:
+            raise OfficialDBError(f"{path} lacks the keys {missing}")
+        v_range = meta["v_range"]
+        if not (isinstance(v_range, list) and len(v_range) == 2 and all(type(v) is int for v in v_range)
+                and 0 <= v_range[0] <= v_range[1]):
+            raise OfficialDBError(f"{path}: v_range is {v_range!r}, expected [first id, vocabulary size] (two "
+                                  f"integers, the first not above the second)")
+        for key in ("CLS", "SEP", "MASK", "UNK"):
+            if key in meta and (type(meta[key]) is not int or not 0 <= meta[key] < v_range[1]):
+                raise OfficialDBError(f"{path}: {key} is {meta[key]!r}, not a token id below the vocabulary size "
+                                      f"{v_range[1]}")
+        for key in ("tokenizer", "toker"):
+            if key in meta and not isinstance(meta[key], (str, type(None))):
+                raise OfficialDBError(f"{path}: {key} is {meta[key]!r}, not a tokenizer name")
+        return meta
 
     @property
     def ids(self) -> list[str]:
@@ -301,17 +376,39 @@ class OfficialTextDB:
         if data is None:
             raise KeyError(f"text {text_id!r} is not in the official text DB {self.db_dir}")
         try:
-            return _unpack(lz4_decompress(data))
+            record = _unpack(lz4_decompress(data))
         except Exception as e:  # noqa: BLE001
             raise OfficialDBError(f"{self.db_dir}: the record {text_id!r} cannot be decoded ({e})") from None
+        if not isinstance(record, dict):
+            raise OfficialDBError(f"{self.db_dir}: the record {text_id!r} is a {type(record).__name__}, not a dict")
+        return record
 
     @functools.cached_property
     def txt2img(self) -> dict:
-        return _read_json(_require(self.db_dir / "txt2img.json", "text DB"))
+        """{text id: image file name (or a list of them, NLVR2)}."""
+        path = _require(self.db_dir / "txt2img.json", "text DB")
+        txt2img = _read_json(path)
+        if not isinstance(txt2img, dict):
+            raise OfficialDBError(f"{path} must map text ids to image file names, not a {type(txt2img).__name__}")
+        for text_id, fname in txt2img.items():
+            if not (isinstance(fname, str) or isinstance(fname, list) and all(isinstance(f, str) for f in fname)):
+                raise OfficialDBError(f"{path}: the image of text {text_id!r} is {fname!r}, not a file name (or a "
+                                      f"list of them)")
+        return txt2img
 
     @functools.cached_property
     def img2txts(self) -> dict:
-        return _read_json(_require(self.db_dir / "img2txts.json", "text DB"))
+        """{image file name: [text ids]}."""
+        path = _require(self.db_dir / "img2txts.json", "text DB")
+        img2txts = _read_json(path)
+        if not isinstance(img2txts, dict):
+            raise OfficialDBError(f"{path} must map image file names to lists of text ids, not a "
+                                  f"{type(img2txts).__name__}")
+        for fname, text_ids in img2txts.items():
+            if not isinstance(text_ids, list) or not all(isinstance(t, str) for t in text_ids):
+                raise OfficialDBError(f"{path}: the texts of image {fname!r} are {text_ids!r}, not a list of text "
+                                      f"ids")
+        return img2txts
 
 
 # --- writers ---
@@ -408,11 +505,22 @@ def _text_name(db_dir: Path) -> str:
 
 def _text_rows(db: OfficialTextDB) -> list[dict]:
     rows = []
+    vocab_size = db.v_range[1]
     for text_id in db.ids:
-        record = db[text_id]
+        try:
+            record = db[text_id]
+        except KeyError:
+            raise OfficialDBError(f"{db.db_dir}: id2len.json lists the text {text_id!r} but the LMDB has no record "
+                                  f"of it") from None
         fname = record.get("img_fname")
-        if not isinstance(record.get("input_ids"), list):
+        input_ids = record.get("input_ids")
+        if not isinstance(input_ids, list):
             raise OfficialDBError(f"{db.db_dir}: record {text_id!r} has no input_ids list")
+        bad = next((i for i in input_ids if not isinstance(i, (int, np.integer)) or isinstance(i, bool)
+                    or not 0 <= i < vocab_size), None)
+        if bad is not None:
+            raise OfficialDBError(f"{db.db_dir}: record {text_id!r} has the input id {bad!r}, not a token id "
+                                  f"below the vocabulary size {vocab_size} of meta.json")
         if not isinstance(fname, str):
             raise OfficialDBError(f"{db.db_dir}: record {text_id!r} has img_fname {fname!r}; only single-image "
                                   f"text DBs (pre-training, retrieval, VQA, VE) can be converted")
@@ -495,7 +603,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--img-db", required=True, nargs="+", type=Path, help="official image DB folder(s)")
     p.add_argument("--txt-db", required=True, nargs="+", type=Path, help="official text DB folder(s)")
-    p.add_argument("--out", required=True, type=Path, help="output corpus folder")
+    p.add_argument("--out", required=True, type=output_path, help="output corpus folder")
     p.add_argument("--conf-th", type=float, default=0.2, help="box confidence threshold (-1: fixed --num-bb)")
     p.add_argument("--max-bb", type=int, default=100, help="most boxes per image (default 100)")
     p.add_argument("--min-bb", type=int, default=10, help="fewest boxes per image (default 10)")
