@@ -639,3 +639,25 @@ def test_a_closed_stdout_and_ctrl_c_while_starting(tiny_run, tmp_path):
     result = run_and_signal("uniter_core.train", "--out", tmp_path / "run", when=lambda: time.monotonic() - start > 1.0)
     assert_failed_cleanly(result, 130, "interrupted")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_signal_that_lands_in_a_finalizer_still_interrupts(capsys):
+    """A signal handled inside some object's __del__ cannot raise there (Python prints 'Exception ignored' and
+    drops it): it is delivered again outside, so the command still stops with 130 and no traceback."""
+    import time
+    from uniter_core.cli import run_command
+
+    class SignalsWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def command():
+        SignalsWhileCollected()  # collected at once: the handler runs inside __del__
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        return 0
+
+    assert run_command(command) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception ignored" not in err and "interrupted (SIGINT)" in err

@@ -20,7 +20,21 @@ from typing import Callable
 from uniter_core.errors import EnvironmentFailure, Interrupted, UserError
 
 
+def _in_finalizer(frame) -> bool:
+    """Whether the signal interrupted an object's __del__: an exception raised there is printed as 'Exception
+    ignored' and lost, so the interruption would vanish."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _raise_interrupted(signum, frame):
+    if _in_finalizer(frame):  # deliver it again a moment later, outside the finalizer
+        import threading
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
     raise Interrupted(signum)
 
 
