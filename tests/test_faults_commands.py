@@ -159,7 +159,7 @@ def test_an_output_under_a_plain_file(command, tiny_run, tmp_path, capsys):
              "classify_maps": (classify_maps.main, ["--maps", maps, "--out", out / "labels.csv"])}
     main, argv = mains[command]
     result = call(main, argv, capsys)
-    assert_failed_cleanly(result, (1, 2), str(plain))
+    assert_failed_cleanly(result, 2, str(plain))  # bad input, as the README says
     assert plain.read_text() == "a file"
 
 
@@ -265,6 +265,7 @@ def test_a_later_checkpoint_is_never_pruned_by_an_earlier_step(tmp_path):
     ("batch.size_multiple=0", "batch.size_multiple"), ("data.max_text_len=0", "data.max_text_len"),
     ("tasks.mix={itm: abc}", "tasks.mix.itm"), ("optim.lr=-1e-3", "optim.lr"), ("run.keep_last=0", "run.keep_last"),
     ("optim.betas=[0.9, 1.5]", "optim.betas"), ("model.overrides={hidden_size: 30}", "model.overrides"),
+    ("model.overrides={hidden_size: x}", "hidden_size 'x'"),
     ("run.num_stepz=3", "run.num_stepz")])
 def test_degenerate_config_values_name_their_key(tiny_corpus, tmp_path, capsys, override, key):
     result = call(train.main, ["--out", tmp_path / "run", *tiny_overrides(tiny_corpus), override], capsys)
@@ -661,3 +662,13 @@ def test_a_signal_that_lands_in_a_finalizer_still_interrupts(capsys):
     assert run_command(command) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "Exception ignored" not in err and "interrupted (SIGINT)" in err
+
+
+def test_a_checkpoint_config_with_a_wrong_type_is_skipped_and_named(run_copy, tiny_corpus, capsys):
+    config = run_copy / "checkpoints" / "step_00000004" / "model" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "hidden_size": "x"}))
+    result = call(train.main, ["--out", run_copy, "--resume", "--no-eval",
+                               *tiny_overrides(tiny_corpus, steps=6, save_every=2, keep_last=2)], capsys)
+    assert result.code == 0, result.stderr
+    skipped = next(line for line in result.stderr.splitlines() if line.startswith("skipping checkpoint"))
+    assert "config.json" in skipped and "hidden_size 'x'" in skipped, skipped

@@ -125,8 +125,9 @@ def _read_config(path: Path) -> UniterConfig:
         raise CheckpointError(f"model config {path} holds a {type(values).__name__}, not a JSON object")
     try:
         return UniterConfig(**values)  # what UniterConfig.from_json_file does
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"model config {path} is not a valid UNITER config ({e})") from None
+    except Exception as e:  # noqa: BLE001 - the config's validators raise their own types, over several lines
+        reason = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"model config {path} is not a valid UNITER config ({reason})") from None
 
 
 def normalise_official_keys(state_dict: dict) -> dict:

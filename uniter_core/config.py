@@ -71,6 +71,12 @@ class UniterConfig(PretrainedConfig):
     ot_solver: str = "auto"
 
     def validate_architecture(self) -> None:
+        sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                 "img_dim", "num_region_classes", "max_position_embeddings")
+        bad = [f"{name} {getattr(self, name)!r}" for name in sizes
+               if type(getattr(self, name, 1)) is not int or getattr(self, name, 1) < 1]
+        if bad:
+            raise ValueError(f"sizes must be integers >= 1 ({', '.join(bad)})")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                              f"{self.num_attention_heads}")

@@ -89,12 +89,6 @@ def model_config(config: TrainConfig) -> UniterConfig:
     except Exception as error:  # noqa: BLE001 - the preset's own checks (sizes, known fields), whatever their type
         reason = str(error).strip().splitlines()[-1].strip()  # validators may wrap the reason in more lines
         raise ConfigError(f"config: model.preset / model.overrides: {reason}") from None
-    sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-             "img_dim", "num_region_classes", "max_position_embeddings")
-    bad = [f"{name} {getattr(built, name)}" for name in sizes
-           if not isinstance(getattr(built, name, 1), int) or getattr(built, name, 1) < 1]
-    if bad:
-        raise ConfigError(f"config: model.overrides: sizes must be integers >= 1 ({', '.join(bad)})")
     return built
 
 
@@ -539,8 +533,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resume_command_line(args: argparse.Namespace) -> str:
-    """The command that continues this run: the same config and overrides, with --resume."""
-    parts = ["python", "-m", "uniter_core.train"] + (["--config", str(args.config)] if args.config else [])
+    """The command that continues this run: the same interpreter, config and overrides, with --resume."""
+    python = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else sys.executable
+    parts = [python, "-m", "uniter_core.train"] + (["--config", str(args.config)] if args.config else [])
     parts += ["--out", str(args.out), "--resume"] + (["--no-eval"] if args.no_eval else []) + list(args.overrides)
     return shlex.join(parts)
 
