@@ -19,7 +19,7 @@ from scipy.special import entr
 
 FEATURE_VERSION = 3
 
-# The six classes of DESIGN.md section 5 (UNITER paper, after Kovaleva et al. 2019), in a fixed order.
+# The six classes of the UNITER paper (after Kovaleva et al. 2019), in a fixed order.
 PATTERNS = ("vertical", "diagonal", "vertical_diagonal", "block", "heterogeneous", "reversed_block")
 
 THUMB = 8  # thumbnail side per quadrant

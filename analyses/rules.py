@@ -1,6 +1,6 @@
 """A transparent rule baseline: fixed thresholds on the scalar features, checked in order.
 
-It is what a reader would write by hand from the pattern definitions (DESIGN.md section 5), and it is
+It is what a reader would write by hand from the pattern definitions (analyses/patterns.py), and it is
 reported beside the classifier so that the classifier has to earn its place. With V = cls + sep mass and
 D = diagonal-band mass (see analyses.patterns.SCALAR_FEATURES):
 

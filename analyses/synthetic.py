@@ -1,6 +1,6 @@
 """Labelled synthetic attention maps for the six patterns, to train and sanity-check the classifier.
 
-No public labelled set of attention maps exists (DESIGN.md section 5), so the classifier first learns from
+No public labelled set of attention maps exists, so the classifier first learns from
 maps drawn here. Each map is built in steps, each step adding the variety real heads show:
 
 1. a template of its class (row-stochastic [n, n], layout [CLS] words [SEP] regions):

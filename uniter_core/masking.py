@@ -1,4 +1,4 @@
-"""Conditional masking of the pre-training tasks (DESIGN.md section 3), driven by explicit generators.
+"""Conditional masking of the pre-training tasks (as in the UNITER paper), driven by explicit generators.
 
 - Text (MLM): each word-piece between [CLS] and [SEP] is chosen with probability mask_prob; a chosen piece
   becomes [MASK] (80 %), a random word-piece from the vocabulary's normal range (10 %) or stays (10 %), and

@@ -1,7 +1,7 @@
 """IPOT as one Triton kernel: one program per problem, the whole plan on-chip for all iterations.
 
-The eager solver launches ~650 small kernels per call and is bound by launch latency (DESIGN.md
-section 4). Here each program loads its cost tile once, keeps the kernel matrix and the plan in
+The eager solver launches ~650 small kernels per call and is bound by launch latency (BENCHMARKS.md).
+Here each program loads its cost tile once, keeps the kernel matrix and the plan in
 registers through every iteration, and writes the plan once, so the memory traffic is the floor
 (read C, write T) and there is one launch per call.
 

@@ -2,7 +2,7 @@
 
 They solve a different problem than IPOT on purpose: "pot-emd" is the exact transport plan, and
 "pot-sinkhorn" the entropic one with epsilon = beta / iteration, the regularisation IPOT approaches
-after `iteration` proximal steps (DESIGN.md section 4). Both loop over the batch in Python on the
+after `iteration` proximal steps. Both loop over the batch in Python on the
 CPU in float64, so they are for validation and display, not training.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ SOLVERS = ("auto", "reference", "batched", "fused", "pot-sinkhorn", "pot-emd")
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else (fp16, bf16, fp32) is solved in float32.
 
-    WRA is computed in fp32 (DESIGN.md section 3), and exp(-C/beta) over 50 iterations has a dynamic
+    WRA is computed in fp32, and exp(-C/beta) over 50 iterations has a dynamic
     range that half precision cannot hold.
     """
     return torch.float64 if dtype == torch.float64 else torch.float32
