@@ -35,7 +35,7 @@ from uniter_core.outputs import check_writable_location, lock_folder
 from uniter_core.pretrain import UniterForPretraining, task_loss
 from uniter_core.tasks import TaskSampler, build_task_dataset
 from uniter_core.train_config import ConfigError, TrainConfig, load_config
-from uniter_core.train_state import CheckpointError, CheckpointManager
+from uniter_core.train_state import CheckpointError, CheckpointManager, load_finite_model, newest_loadable
 
 
 class TaskStream:
@@ -328,35 +328,27 @@ class Trainer:
 
     def _newest_checkpoint(self):
         """(folder, training state, model) of the newest checkpoint that loads, skipping damaged ones (said on
-        stderr); (None, None, None) when the run has none yet. Damaged ones only: UserError."""
+        stderr); (None, None, None) when the run has none yet; UserError when none of them loads."""
         warn = _warn if self.rank == 0 else None
-        found = self.checkpoints.steps()
-        for path in self.checkpoints.intact(need_state=True, warn=warn):
-            try:
-                state = CheckpointManager.read_state(path)
-                missing = {"task_sampler", "streams"} - set(state["extra"] if isinstance(state["extra"], dict) else ())
-                if missing:
-                    raise CheckpointError(f"state.pt lacks the trainer's {sorted(missing)}")
-                model = UniterForPretraining.from_pretrained(path / "model")
-            except Exception as error:  # noqa: BLE001 - whatever fails to load is damaged for this purpose
-                if warn:
-                    reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-                    warn(f"skipping checkpoint {path}: {reason}")
-                continue
-            bad = [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-            if bad:
-                if warn:
-                    warn(f"skipping checkpoint {path}: weights hold NaN or infinite values (e.g. {bad[0]})")
-                continue
-            if warn and path != found[-1]:
-                warn(f"--resume: continuing from {path.name}, the newest intact checkpoint")
-            return path, state, model
-        if found:
-            raise UserError(f"--resume: no checkpoint in {self.checkpoints.directory} can be loaded (see above); "
-                            f"add --force to start the run over")
-        if warn:
-            warn(f"--resume: no checkpoint in {self.out} yet, starting at step 0")
-        return None, None, None
+
+        def load(path: Path):
+            state = CheckpointManager.read_state(path)
+            missing = {"task_sampler", "streams"} - set(state["extra"] if isinstance(state["extra"], dict) else ())
+            if missing:
+                raise CheckpointError(f"state.pt lacks the trainer's {sorted(missing)}")
+            return state, load_finite_model(path)
+
+        try:
+            path, loaded = newest_loadable(self.out, load, need_state=True, warn=warn)
+        except CheckpointError as error:
+            raise UserError(f"--resume: {error}; add --force to start the run over") from None
+        if path is None:
+            if warn:
+                warn(f"--resume: no checkpoint in {self.out} yet, starting at step 0")
+            return None, None, None
+        if warn and path != self.checkpoints.steps()[-1]:
+            warn(f"--resume: continuing from {path.name}, the newest intact checkpoint")
+        return path, *loaded
 
     def autocast(self):
         if self.device.type == "cuda" and self.config.run.bf16:

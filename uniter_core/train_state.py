@@ -178,13 +178,16 @@ def non_finite_weights(model) -> list[str]:
     return [n for n, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
 
 
-def newest_loadable_model(run_dir: str | Path, warn=None):
-    """(checkpoint folder, UniterForPretraining) of the newest checkpoint of a run whose model loads and holds
-    finite weights, trying older ones after a damaged one (`warn(message)` hears why each was skipped);
-    CheckpointError when none does, naming each one's problem."""
-    from uniter_core.pretrain import UniterForPretraining
+def _reason(error: Exception) -> str:
+    """The last line of an error's message (validators wrap theirs in several lines), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[-1].strip() if text else type(error).__name__
 
-    manager = CheckpointManager(run_dir)
+
+def newest_loadable(run_dir: str | Path, load, need_state: bool = False, warn=None):
+    """(checkpoint folder, load(folder)) of the newest checkpoint of a run that `load` accepts, trying older ones
+    after a damaged one (`warn(message)` hears why each was skipped); (None, None) when the run has none;
+    CheckpointError naming each one's problem when none loads. Whatever `load` raises counts as damage."""
     reasons: list[str] = []
 
     def skipped(message: str) -> None:
@@ -192,17 +195,28 @@ def newest_loadable_model(run_dir: str | Path, warn=None):
         if warn is not None:
             warn(message)
 
-    for path in manager.intact(need_state=False, warn=skipped):
+    for path in CheckpointManager(run_dir).intact(need_state, warn=skipped):
         try:
-            model = UniterForPretraining.from_pretrained(path / "model")
-        except Exception as error:  # noqa: BLE001 - whatever fails to load is damaged for this purpose
-            skipped(f"skipping checkpoint {path}: {str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__}")
-            continue
-        bad = non_finite_weights(model)
-        if bad:
-            skipped(f"skipping checkpoint {path}: weights hold NaN or infinite values (e.g. {bad[0]})")
-            continue
-        return path, model
+            return path, load(path)
+        except Exception as error:  # noqa: BLE001 - see the docstring
+            skipped(f"skipping checkpoint {path}: {_reason(error)}")
     if reasons:
-        raise CheckpointError(f"{run_dir}: no checkpoint can be loaded ({'; '.join(reasons)})")
+        raise CheckpointError(f"{Path(run_dir) / 'checkpoints'}: no checkpoint can be loaded ({'; '.join(reasons)})")
     return None, None
+
+
+def load_finite_model(checkpoint: Path):
+    """The UniterForPretraining of a checkpoint; CheckpointError when its weights are not all finite."""
+    from uniter_core.pretrain import UniterForPretraining
+
+    model = UniterForPretraining.from_pretrained(checkpoint / "model")
+    bad = non_finite_weights(model)
+    if bad:
+        raise CheckpointError(f"weights hold NaN or infinite values (e.g. {bad[0]})")
+    return model
+
+
+def newest_loadable_model(run_dir: str | Path, warn=None):
+    """(checkpoint folder, model) of the newest checkpoint whose model loads with finite weights (see
+    newest_loadable)."""
+    return newest_loadable(run_dir, load_finite_model, warn=warn)
