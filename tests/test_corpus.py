@@ -105,8 +105,11 @@ def test_interrupted_build_resumes_from_finished_shards(tmp_path, monkeypatch):
     monkeypatch.setattr(FeatureStoreWriter, "write_shard", failing_write)
     assert build_corpus.main(["--out", str(out), *ARGS]) == 130  # reported as an interruption, not a traceback
     assert not out.exists() and (tmp_path / "corpus.partial" / "img_db" / "shard_00000.json").exists()
+    killed_write = tmp_path / "corpus.partial" / "img_db" / ".shard_00001.features.npy.k1ll3d_x.tmp"
+    killed_write.write_bytes(b"half")  # what a SIGKILL in the middle of an atomic write leaves
     build_corpus.main(["--out", str(out), *ARGS])
     assert written == [0, "failed", 1, 2]  # shard 0 was not extracted again
+    assert not list(out.rglob("*.tmp"))  # the killed write's temporary did not end up in the corpus
     assert len(FeatureStore(out / "img_db")) == 5
 
 

@@ -218,6 +218,10 @@ def test_resume_finds_checkpoints_without_the_latest_pointer_and_repairs_metrics
     (run_copy / "checkpoints" / "latest").unlink()
     with open(run_copy / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "task": "ml')  # a line cut short by a kill
+    killed = [run_copy / ".metrics.jsonl.k1ll3d_x.tmp", run_copy / "checkpoints" / ".latest.k1ll3d_x.tmp"]
+    users = [run_copy / ".notes.abcdefgh.tmp", run_copy / ".notes.tmp"]  # not temporaries of the run's files
+    for path in killed + users:
+        path.write_text("half")
     result = call(train.main, ["--out", run_copy, "--resume", "--no-eval",
                                *tiny_overrides(tiny_corpus, steps=6, save_every=2, keep_last=2)], capsys)
     assert result.code == 0, result.stderr
@@ -225,6 +229,7 @@ def test_resume_finds_checkpoints_without_the_latest_pointer_and_repairs_metrics
     records = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert (run_copy / "checkpoints" / "latest").read_text().strip() == "step_00000006"
+    assert not any(p.exists() for p in killed) and all(p.read_text() == "half" for p in users)
 
 
 def test_a_fresh_run_into_a_run_folder_is_refused_and_force_keeps_user_files(run_copy, tiny_corpus, capsys):

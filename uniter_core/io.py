@@ -10,6 +10,7 @@ import errno
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -45,6 +46,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str] | None = None,
+                             recursive: bool = False) -> list[Path]:
+    """Remove the temporary files that `atomic_path` leaves when its process is killed (SIGKILL gives it no
+    chance to clean up). Only the caller knows the folder is its own and locked, so only it may call this;
+    `names` limits the sweep to temporaries of those file names. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for candidate in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+        match = _TEMPORARY.fullmatch(candidate.name)
+        if match and candidate.is_file() and not candidate.is_symlink() and (names is None or match[1] in names):
+            candidate.unlink()
+            removed.append(candidate)
+    return removed
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")  # what mkstemp makes in atomic_path
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

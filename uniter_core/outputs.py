@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from uniter_core.errors import EnvironmentFailure, Interrupted, UserError
-from uniter_core.io import replace_dir, write_json
+from uniter_core.io import remove_stale_temporaries, replace_dir, write_json
 
 OWNER_FILE = ".written-by.json"
 SETTINGS_FILE = ".settings.json"
@@ -141,6 +141,7 @@ class OutputFolder:
                 shutil.rmtree(self.partial)
         self.partial.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        remove_stale_temporaries(self.partial, recursive=True)  # a killed run's half-written files: all ours
         write_json(self.partial / SETTINGS_FILE, settings, indent=None)
         return self.partial
 

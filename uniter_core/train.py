@@ -29,7 +29,7 @@ from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import ImageTextDataset, TokenBucketSampler
 from uniter_core.cli import StopRequest, exit_with, output_path, run_command
 from uniter_core.errors import EnvironmentFailure, Interrupted, UserError
-from uniter_core.io import write_json, write_jsonl
+from uniter_core.io import remove_stale_temporaries, write_json, write_jsonl
 from uniter_core.optim import build_optimizer, build_scheduler
 from uniter_core.outputs import check_writable_location, lock_folder
 from uniter_core.pretrain import UniterForPretraining, task_loss
@@ -249,6 +249,8 @@ def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
         raise UserError(f"--out {out} already holds {held}; add --resume to continue it or --force to start "
                         f"over (removes them)")
     checkpoints.remove_partials()
+    remove_stale_temporaries(out, names=RUN_OUTPUTS[1:])  # what a killed run was writing (the folder is locked)
+    remove_stale_temporaries(out / "checkpoints", names=["latest"])
 
 
 def lock_run_folder(out: Path):
