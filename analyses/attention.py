@@ -1,10 +1,10 @@
 """Attention extraction: stream every (example, layer, head) attention map of a split, with its layout.
 
-    model, corpus, config = load_run("runs/pretrain-mini")
-    for ex in iter_example_attention(model, corpus, "test"):       # one example at a time
+    run = load_run("runs/pretrain-mini")                            # uniter_core.runs
+    for ex in iter_example_attention(run.model, run.corpus, "test"):  # one example at a time
         ex.maps        # [layers, heads, n, n] float32 numpy, cropped to the example's real positions
         ex.layout      # ExampleLayout: tokens, region classes and boxes, n_text / n_regions
-    for m in iter_attention_maps(model, corpus, "test"): ...       # one AttentionMap per (example, layer, head)
+    for m in iter_attention_maps(run.model, run.corpus, "test"): ...  # one AttentionMap per (example, layer, head)
 
 Maps are rows = queries, columns = keys, laid out `[CLS] word-pieces [SEP] regions` (the model's packing), so
 position n_text - 1 is [SEP] and n_text + k is region k. Only one batch of attention lives in memory at a time
@@ -12,7 +12,6 @@ position n_text - 1 is [SEP] and n_text + k is region k. Only one batch of atten
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,14 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.data.tokenizer import load_tokenizer
-from uniter_core.errors import UserError
-from uniter_core.io import read_json
-from uniter_core.pretrain import UniterForPretraining
-from uniter_core.train_config import TrainConfig, config_from_dict
-from uniter_core.train_state import newest_loadable_model
+from uniter_core.runs import to_device
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,46 +81,6 @@ class AttentionMap:
     map: np.ndarray  # [n, n] float32 (a view into its example's stack)
 
 
-# ---------------------------------------------------------------------------------------------- loading
-def load_run(run_dir: str | Path, warn=None) -> tuple[UniterForPretraining, Path, TrainConfig]:
-    """(model of the newest intact checkpoint, corpus folder, training config) of a run folder written by
-    uniter_core.train; `warn(message)` hears about each damaged checkpoint skipped. A relative data.corpus is
-    looked up from the working directory, then beside the run."""
-    run_dir = Path(run_dir)
-    config_file = run_dir / "train_config.json"
-    latest, model = newest_loadable_model(run_dir, warn) if config_file.exists() else (None, None)
-    if latest is None:
-        raise UserError(f"{run_dir} is not a run folder with a checkpoint (needs checkpoints/step_* and "
-                        f"train_config.json; train with `python -m uniter_core.train`)")
-    config = config_from_dict(read_json(config_file, "run config"), str(config_file))
-    corpus = Path(config.data.corpus)
-    if not corpus.is_absolute() and not corpus.exists() and (run_dir / corpus).exists():
-        corpus = run_dir / corpus
-    if not (corpus / "manifest.json").exists():
-        raise UserError(f"{config_file}: data.corpus {corpus} is not a built corpus (no manifest.json)")
-    return model, corpus, config
-
-
-def load_official_checkpoint(checkpoint: str | Path, corpus_dir: str | Path, preset: str = "uniter-base",
-                             **overrides) -> tuple[UniterForPretraining, Path, UniterConfig]:
-    """(model, corpus folder, model config) for an official UNITER .pt file and a corpus whose features fit it
-    (e.g. one converted from the official LMDB with uniter_core.data.official_db)."""
-    try:
-        config = UniterConfig.from_preset(preset, **overrides)
-    except ValueError as error:
-        raise UserError(f"--preset {preset}: {error}") from None
-    corpus_dir = Path(corpus_dir)
-    # the checkpoint first: a damaged or foreign file must be named before any complaint about the corpus
-    model = UniterForPretraining.from_official_state_dict(checkpoint, config)
-    store_manifest = corpus_dir / "img_db" / "manifest.json"
-    if not store_manifest.exists():
-        raise UserError(f"{corpus_dir} is not a built corpus (no img_db/manifest.json)")
-    feature_dim = read_json(store_manifest, "feature store manifest").get("feature_dim")
-    if feature_dim != config.img_dim:
-        raise UserError(f"{corpus_dir} has {feature_dim}-d region features but {preset} expects {config.img_dim}")
-    return model, corpus_dir, config
-
-
 # ---------------------------------------------------------------------------------------------- extraction
 def region_class_names(soft_labels: np.ndarray, class_names: list[str], background: bool) -> list[str]:
     """Top detector class per region; a background column 0 (official detector) is never the answer."""
@@ -146,8 +100,7 @@ def batch_maps(uniter, batch: dict) -> list[np.ndarray]:
 
     The crop is exact: padded keys get zero attention (mask -10000 underflows in the softmax) and padded
     queries are dropped, so an example gives the same maps in any batch."""
-    device = next(uniter.parameters()).device
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch = to_device(batch, next(uniter.parameters()).device)
     output = uniter.forward_batch(batch, output_attentions=True)
     layout = output.layout
     maps = []

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from analyses.attention import iter_example_attention, load_run
+from analyses.attention import iter_example_attention
+from uniter_core.runs import load_run
 from analyses.classifier import load_classifier
 from analyses.export_stats import per_map_table
 from uniter_core.cli import exit_with, run_command
@@ -49,7 +50,8 @@ def bench_extract_command(argv=None) -> int:
     p.add_argument("--model", type=Path, help="classifier (default: the default one)")
     args = p.parse_args(argv)
     try:
-        model, corpus, config = load_run(args.run)
+        run = load_run(args.run)
+        model, corpus, config = run.model, run.corpus, run.config
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

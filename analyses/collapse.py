@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from analyses.attention import load_run
 from uniter_core.cli import exit_with, run_command
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.evaluate import alignment_hits
 from uniter_core.io import write_json
 from uniter_core.outputs import check_output_file, first_line
+from uniter_core.model import SequenceLayout
 from uniter_core.pretrain import UniterForPretraining
-from uniter_core.train import build_model
+from uniter_core.runs import build_model, load_run
 
 COLUMNS = ("word_word", "region_region", "word_region", "word_to_regions", "cls_to_regions", "region_to_text",
            "word_box_ot")
@@ -50,22 +50,24 @@ def layer_geometry(uniter, batch: dict, examples: list[dict] | None = None) -> l
     columns are absent from the embeddings row, word_box_ot without `examples` (the collated ones, whose
     'alignment' gives the grounded word-pieces) or when none is grounded."""
     output = uniter.forward_batch(batch, output_hidden_states=True, output_attentions=True)
-    spans = [(t, n) for t, n in zip(batch["txt_lens"], batch["num_bbs"])]
+    layout = SequenceLayout.from_batch(batch)
     rows = []
     for layer, hidden in enumerate(output.hidden_states):
         hits, grounded, chance = alignment_hits(hidden, batch, examples, uniter.config) if examples else (0, 0, 0.0)
         values: dict[str, list[float]] = {c: [] for c in COLUMNS}
         probs = output.attentions[layer - 1].float() if layer else None
-        for k, (tl, nb) in enumerate(spans):
-            words = F.normalize(hidden[k, 1:tl - 1].float(), dim=-1)
-            regions = F.normalize(hidden[k, tl:tl + nb].float(), dim=-1)
-            values["word_word"].append(_mean_off_diagonal(words @ words.T))
-            values["region_region"].append(_mean_off_diagonal(regions @ regions.T))
-            values["word_region"].append(float((words @ regions.T).mean()))
+        for k in range(len(layout)):
+            cls, text = layout.cls_index(k), layout.text_slice(k)
+            words, regions = layout.word_slice(k), layout.region_slice(k)
+            word_states = F.normalize(hidden[k, words].float(), dim=-1)
+            region_states = F.normalize(hidden[k, regions].float(), dim=-1)
+            values["word_word"].append(_mean_off_diagonal(word_states @ word_states.T))
+            values["region_region"].append(_mean_off_diagonal(region_states @ region_states.T))
+            values["word_region"].append(float((word_states @ region_states.T).mean()))
             if probs is not None:
-                values["word_to_regions"].append(float(probs[k, :, 1:tl - 1, tl:tl + nb].sum(-1).mean()))
-                values["cls_to_regions"].append(float(probs[k, :, 0, tl:tl + nb].sum(-1).mean()))
-                values["region_to_text"].append(float(probs[k, :, tl:tl + nb, :tl].sum(-1).mean()))
+                values["word_to_regions"].append(float(probs[k, :, words, regions].sum(-1).mean()))
+                values["cls_to_regions"].append(float(probs[k, :, cls, regions].sum(-1).mean()))
+                values["region_to_text"].append(float(probs[k, :, regions, text].sum(-1).mean()))
         row = {"layer": layer, **{c: sum(v) / len(v) for c, v in values.items() if v}}
         if grounded:
             row.update(word_box_ot=hits / grounded, grounded_words=grounded, word_box_chance=chance / grounded)
@@ -89,7 +91,8 @@ def collapse_command(argv=None) -> int:
         print("error: --examples must be at least 1", file=sys.stderr)
         return 2
     try:
-        model, corpus, config = load_run(args.run, warn=lambda message: print(message, file=sys.stderr))
+        run = load_run(args.run, warn=lambda message: print(message, file=sys.stderr))
+        model, corpus, config = run.model, run.corpus, run.config
         if args.checkpoint == "init":
             config.data.corpus = str(corpus)
             torch.manual_seed(config.run.seed)  # as uniter_core.train seeds before it builds the model

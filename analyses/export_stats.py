@@ -25,14 +25,14 @@ import pandas as pd
 import torch
 
 from analyses import figures
-from analyses.attention import iter_example_attention, load_official_checkpoint, load_run
+from analyses.attention import iter_example_attention
+from uniter_core.runs import load_official_checkpoint, load_run
 from analyses.classifier import load_classifier
 from analyses.patterns import FEATURE_VERSION, HEAD_STATS, PATTERNS, head_stats, map_features
 from uniter_core.cli import exit_with, output_path, run_command
 from uniter_core.errors import UserError
 from uniter_core.io import atomic_path, write_json
 from uniter_core.outputs import OutputFolder
-from uniter_core.train_state import CheckpointManager
 
 LAYOUT = ("Maps are rows = queries, columns = keys over one example's real positions, laid out [CLS] "
           "word-pieces [SEP] regions: n_text counts [CLS] and [SEP], position n_text + k is region k. "
@@ -208,12 +208,13 @@ def export_command(args: argparse.Namespace) -> int:
     OutputFolder(args.out, "export_stats", "columns.json", force=True, legacy=lambda f: True,
                  own_entries=lambda name: name in STATS_ENTRIES).check()
     if args.run:
-        model, corpus, config = load_run(args.run, warn=lambda message: print(message, file=sys.stderr))
-        limits = {"max_text_len": config.data.max_text_len, "max_regions": config.data.max_regions}
-        source = {"run": str(args.run), "checkpoint": CheckpointManager(args.run).latest().name}
+        run = load_run(args.run, warn=lambda message: print(message, file=sys.stderr))
+        source = {"run": str(args.run), "checkpoint": run.checkpoint.name}
     else:
-        model, corpus, _ = load_official_checkpoint(args.checkpoint, args.corpus, args.preset)
-        limits, source = {}, {"checkpoint": str(args.checkpoint), "preset": args.preset}
+        run = load_official_checkpoint(args.checkpoint, args.corpus, args.preset)
+        source = {"checkpoint": str(args.checkpoint), "preset": args.preset}
+    model, corpus = run.model, run.corpus
+    limits = {"max_text_len": run.max_text_len, "max_regions": run.max_regions}
     corpus = args.corpus or corpus
     split_file = Path(corpus) / "txt_db" / f"{args.split}.jsonl"
     if not split_file.exists():

@@ -38,11 +38,13 @@ def sample_maps(run: Path, split: str, n: int, max_examples: int, seed: int = 0,
                 progress: bool = True, first_index: int = 0) -> tuple[list, list[dict]]:
     """(records, provenance rows) of n maps from the first max_examples examples of the split, balanced over the
     classifier's suggested classes and the layers (round robin), at most one map per (example, layer, head)."""
-    from analyses.attention import iter_example_attention, load_run
+    from analyses.attention import iter_example_attention
+    from uniter_core.runs import load_run
     from analyses.classifier import load_classifier
     from analyses.patterns import map_features
 
-    model, corpus, _ = load_run(run)
+    loaded = load_run(run)
+    model, corpus = loaded.model, loaded.corpus
     classifier = load_classifier(model_path)
     pools: dict[tuple[str, int], list] = {}
     for ex in iter_example_attention(model, corpus, split, max_examples=max_examples, progress=progress):

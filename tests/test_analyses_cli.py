@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from analyses import classify_maps, collapse, export_stats, train_classifier
-from analyses.attention import load_run
+from uniter_core.runs import load_run
 from analyses.classifier import fit
 from analyses.mapfile import MapRecord, read_maps, write_maps
 from analyses.patterns import HEAD_STATS, PATTERNS
@@ -160,8 +160,9 @@ def tiny_run(tiny_corpus, tmp_path_factory):
 
 
 def test_load_run(tiny_run, tiny_corpus):
-    model, corpus, config = load_run(tiny_run)
-    assert corpus == tiny_corpus and model.config.num_hidden_layers == 2 and config.data.max_regions == 100
+    run = load_run(tiny_run)
+    assert run.corpus == tiny_corpus and run.model.config.num_hidden_layers == 2
+    assert run.config.data.max_regions == run.max_regions == 100 and run.checkpoint.parent.name == "checkpoints"
     with pytest.raises(UserError, match="not a run folder"):
         load_run(tiny_run.parent / "nothing")
 
@@ -319,14 +320,14 @@ def test_collapse_of_the_initialisation_rebuilds_the_seeded_model(tiny_run, tmp_
     assert [row.keys() for row in rows[0]] == [row.keys() for row in expected]
     for got, want in zip(rows[0], expected):
         assert got == pytest.approx(want)
-    newest = collapse.layer_geometry(load_run(run_dir)[0].uniter.eval(), collate(examples), examples)
+    newest = collapse.layer_geometry(load_run(run_dir).model.uniter.eval(), collate(examples), examples)
     assert rows[0][-1]["word_word"] != pytest.approx(newest[-1]["word_word"])  # not the trained checkpoint
 
 
 def test_collapse_measures_identical_states_and_uniform_attention(tiny_run, tiny_corpus):
     """Last layer's output LayerNorm with zero gain: every state is its bias (all cosines 1). Zero queries and
     keys: attention is uniform, so each row's share on the other modality is that modality's share of tokens."""
-    model, _, _ = load_run(tiny_run)
+    model = load_run(tiny_run).model
     uniter = model.uniter.eval()
     with torch.no_grad():
         last = uniter.encoder.layer[-1].output.LayerNorm

@@ -22,7 +22,7 @@ from test_train import tiny_overrides
 
 from analyses import classify_maps, export_stats
 from analyses.mapfile import MapRecord, write_maps
-from uniter_core import evaluate, train
+from uniter_core import evaluate, train, train_state
 from uniter_core.data import build_corpus, extract, official_db
 from uniter_core.data.official_db import write_official_image_db, write_official_text_db
 from uniter_core.train_state import CheckpointManager
@@ -588,7 +588,7 @@ def test_a_symbolic_link_as_a_replaced_output_is_refused_up_front(tiny_corpus, t
 
 
 def test_two_trainers_never_write_one_run(run_copy, tiny_corpus, capsys):
-    held = train.lock_run_folder(run_copy)  # as another process training it would
+    held = train_state.lock_run_folder(run_copy)  # as another process training it would
     try:
         result = call(train.main, ["--out", run_copy, "--resume", "--no-eval", *tiny_overrides(tiny_corpus, steps=6)],
                       capsys)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from uniter_core import train
 from uniter_core.data.dataset import ImageTextDataset
 from uniter_core.io import read_jsonl
+from uniter_core.runs import build_model
 from uniter_core.train_config import ConfigError, config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +99,7 @@ def test_training_logs_every_task_and_evaluates(tiny_corpus, tmp_path):
     mean = torch.from_numpy(regions.astype(np.float64).mean(axis=0)).float()
     torch.testing.assert_close(final_weights(out)["uniter.img_embeddings.feat_mean"], mean)
     config = config_from_dict(json.loads((out / "train_config.json").read_text()), "train_config.json")
-    baseline = train.build_model(config)  # what `evaluate --which baseline` scores: the run's initialisation
+    baseline = build_model(config)  # what `evaluate --which baseline` scores: the run's initialisation
     torch.testing.assert_close(baseline.uniter.img_embeddings.feat_mean, mean)
 
 

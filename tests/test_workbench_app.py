@@ -218,7 +218,7 @@ def test_official_checkpoint_source_reports_problems(open_app, tiny_corpus, tmp_
 
 def test_official_checkpoint_whose_features_do_not_fit_the_corpus(tiny_corpus, tmp_path):
     import torch
-    from analyses.attention import load_official_checkpoint
+    from uniter_core.runs import load_official_checkpoint
     from uniter_core.config import UniterConfig
     from uniter_core.errors import UserError
     from uniter_core.pretrain import UniterForPretraining
@@ -267,9 +267,11 @@ def test_plot_builders():
 
 
 def test_attention_for_chosen_examples_matches_the_stream(workbench_env):
-    from analyses.attention import iter_example_attention, load_run
+    from analyses.attention import iter_example_attention
+    from uniter_core.runs import load_run
 
-    model, corpus, _ = load_run(workbench_env["WORKBENCH_RUN"])
+    run = load_run(workbench_env["WORKBENCH_RUN"])
+    model, corpus = run.model, run.corpus
     stream = list(iter_example_attention(model, corpus, "test", max_examples=4, batch_size=3, progress=False))
     picked = list(iter_example_attention(model, corpus, "test", indices=[3, 1], progress=False))
     assert [e.layout.example for e in picked] == [3, 1]

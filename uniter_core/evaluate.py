@@ -28,6 +28,7 @@ from uniter_core.errors import UserError
 from uniter_core.io import read_json, write_json
 from uniter_core.ot import cost_matrix_cosine, ipot
 from uniter_core.pretrain import UniterForPretraining, split_text_regions
+from uniter_core.runs import build_model, newest_loadable_model, read_run_config, run_corpus, to_device
 from uniter_core.tasks import MlmDataset, MrmDataset, mlm_collate, mrm_collate
 from uniter_core.train_config import TrainConfig
 
@@ -35,10 +36,6 @@ from uniter_core.train_config import TrainConfig
 def _batches(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 @torch.inference_mode()
@@ -51,7 +48,7 @@ def itm_score_matrix(model, dataset: ImageTextDataset, text_indices: list[int], 
     scores = torch.empty(len(text_indices), len(image_ids))
     for chunk in _batches(pairs, batch_size):
         examples = [{**texts[t], **images[image_ids[i]]} for t, i in chunk]
-        batch = _to(collate(examples), model.device)
+        batch = to_device(collate(examples), model.device)
         hidden = model.uniter.forward_batch(batch).last_hidden_state
         probs = model.itm_output(model.uniter.pooler(hidden)).float().softmax(-1)[:, 1].cpu()
         for (t, i), p in zip(chunk, probs):
@@ -87,12 +84,12 @@ def masked_modelling(model, dataset: ImageTextDataset, max_examples: int = 500, 
     correct = total = 0
     kl_sum = regions = 0.0
     for chunk in _batches(indices, batch_size):
-        batch = _to(mlm_collate([mlm[i] for i in chunk]), model.device)
+        batch = to_device(mlm_collate([mlm[i] for i in chunk]), model.device)
         scores = model(batch, "mlm", compute_loss=False)
         labels = batch["txt_labels"][batch["txt_labels"] != -1]
         correct += int((scores.argmax(-1) == labels).sum())
         total += labels.numel()
-        batch = _to(mrm_collate([mrm[i] for i in chunk]), model.device)
+        batch = to_device(mrm_collate([mrm[i] for i in chunk]), model.device)
         kl = model(batch, "mrckl")
         kl_sum += float(kl.sum())
         regions += kl.size(0)
@@ -131,7 +128,7 @@ def alignment_accuracy(model, dataset: ImageTextDataset, max_examples: int = 500
     chance = 0.0
     for chunk in _batches(indices, batch_size):
         examples = [dataset[i] for i in chunk]
-        batch = _to(collate(examples), model.device)
+        batch = to_device(collate(examples), model.device)
         hidden = model.uniter.forward_batch(batch).last_hidden_state
         chunk_hits, chunk_words, chunk_chance = alignment_hits(hidden, batch, examples, model.config)
         hits, words, chance = hits + chunk_hits, words + chunk_words, chance + chunk_chance
@@ -182,36 +179,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def evaluate_command(args: argparse.Namespace) -> int:
-    """Evaluate the run's newest intact checkpoint and/or its initialisation; results to eval_<split>*.json."""
-    from uniter_core.train import build_model
-    from uniter_core.train_config import config_from_dict
-    from uniter_core.train_state import newest_loadable_model
-
-    if not args.run.is_dir():
-        raise UserError(f"--run {args.run} is not a folder")
-    config_file = args.run / "train_config.json"
-    if not config_file.exists():
-        raise UserError(f"--run {args.run} is not a run folder (no train_config.json); train one with "
+def evaluate_run(run_dir: Path, split: str = "test", which: str = "pretrained", candidates: int = 100,
+                 warn=None) -> dict[str, dict]:
+    """Evaluate a run folder's newest intact checkpoint ("pretrained"), its initialisation ("baseline") or
+    both, writing eval_<split>.json / eval_<split>_baseline.json into it; returns {name: results}.
+    `warn(message)` hears about damaged checkpoints passed over."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"--run {run_dir} is not a folder")
+    if not (run_dir / "train_config.json").exists():
+        raise UserError(f"--run {run_dir} is not a run folder (no train_config.json); train one with "
                         f"python -m uniter_core.train")
-    config = config_from_dict(read_json(config_file, "run config"), str(config_file))
-    warn = lambda message: print(message, file=sys.stderr)  # noqa: E731
-    latest, trained = newest_loadable_model(args.run, warn) if args.which != "baseline" else (None, None)
-    if args.which != "baseline" and latest is None:
-        raise UserError(f"--run {args.run} holds no intact checkpoint (run uniter_core.train first, or "
+    config = read_run_config(run_dir)
+    latest, trained = newest_loadable_model(run_dir, warn) if which != "baseline" else (None, None)
+    if which != "baseline" and latest is None:
+        raise UserError(f"--run {run_dir} holds no intact checkpoint (run uniter_core.train first, or "
                         f"--resume it)")
-    corpus = Path(config.data.corpus)
-    if not (corpus / "manifest.json").exists():
-        raise UserError(f"{config_file}: data.corpus {corpus} is not a built corpus (no manifest.json)")
-    split_file = corpus / "txt_db" / f"{args.split}.jsonl"
+    corpus = run_corpus(run_dir, config)
+    split_file = corpus / "txt_db" / f"{split}.jsonl"
     if not split_file.exists():
         known = sorted(p.stem for p in (corpus / "txt_db").glob("*.jsonl"))
-        raise UserError(f"--split {args.split}: {split_file} does not exist (splits: {', '.join(known) or 'none'})")
+        raise UserError(f"--split {split}: {split_file} does not exist (splits: {', '.join(known) or 'none'})")
     results = {}
     models = {"pretrained": lambda: trained,
               "baseline": lambda: build_model(config)}
     for name, make in models.items():
-        if args.which not in (name, "both"):
+        if which not in (name, "both"):
             continue
         torch.manual_seed(0)
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -219,17 +212,24 @@ def evaluate_command(args: argparse.Namespace) -> int:
         # The run's speed switches, as in the evaluation at the end of training (same results, no work on padding)
         model.uniter.unpad_tokens = config.run.unpad
         model.uniter.varlen_attention = config.run.varlen_attention
-        result = evaluate_model(model, corpus, args.split, config, args.candidates)
+        result = evaluate_model(model, corpus, split, config, candidates)
         suffix = "" if name == "pretrained" else "_baseline"
         source = latest.name if name == "pretrained" else f"initialisation ({config.model.init})"
-        write_results(args.run / f"eval_{args.split}{suffix}.json", {"checkpoint": source, **result})
+        write_results(run_dir / f"eval_{split}{suffix}.json", {"checkpoint": source, **result})
         results[name] = result
+    return results
+
+
+def _cli(argv=None) -> int:
+    args = parse_args(argv)
+    results = evaluate_run(args.run, args.split, args.which, args.candidates,
+                           warn=lambda message: print(message, file=sys.stderr))
     print(json.dumps(results, indent=1))
     return 0
 
 
 def main(argv=None) -> int:
-    return run_command(lambda: evaluate_command(parse_args(argv)))
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ from uniter_core.checkpoint import init_text_from_bert, load_official_weights
 from uniter_core.config import UniterConfig
 from uniter_core.heads import RegionClassification, RegionFeatureRegression, UniterMLMHead, fit_mlm_head
 from uniter_core.model import UniterModel, UniterPreTrainedModel
-
-TASKS = ("mlm", "mrfr", "mrc", "mrckl", "itm")
+from uniter_core.tasks import TASKS
 
 # target -> source of the parameters that are one tensor under two names (the checkpoint may hold both)
 TIED_WEIGHTS = {"cls.predictions.decoder.weight": "uniter.embeddings.word_embeddings.weight",

@@ -17,6 +17,7 @@ every rank draws the same task, and a resumed run continues the same sequence.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -25,10 +26,25 @@ from torch.utils.data import Dataset
 
 from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import collate
+from uniter_core.model import SequenceLayout
 from uniter_core.masking import example_generator, mask_regions, mask_text, sample_negative_index
 
-TASKS = ("mlm", "mrfr", "mrc", "mrckl", "itm")
+TASKS = ("mlm", "mrfr", "mrc", "mrckl", "itm")  # the pre-training tasks, by their official names
 DEFAULT_MIX = {"itm": 3, "mlm": 4, "mrfr": 2, "mrckl": 2}  # official large-corpus configs
+
+
+def mix_problem(mix: dict) -> str | None:
+    """What makes a task mix unusable, as the end of a sentence that starts with the mix's name, or None: unknown
+    tasks, a ratio that is not a finite number >= 0, no ratio above zero."""
+    unknown = sorted(set(mix) - set(TASKS))
+    if unknown:
+        return f" names unknown tasks {unknown} (known: {', '.join(TASKS)})"
+    for task, ratio in mix.items():
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 0:
+            return f".{task} must be a number >= 0, got {ratio!r}"
+    if sum(float(v) for v in mix.values()) <= 0:
+        return " needs at least one task with a ratio > 0"
+    return None
 
 
 class TaskDataset(Dataset):
@@ -125,8 +141,9 @@ def mrm_collate(examples: list[dict]) -> dict:
     batch["label_targets"] = torch.cat([e["soft_labels"][e["img_mask"]] for e in examples])
     batch["img_feat"] = batch["img_feat"].masked_fill(img_masks.unsqueeze(-1), 0.0)
     img_mask_tgt = torch.zeros_like(batch["attn_masks"], dtype=torch.bool)
-    for b, (tl, e) in enumerate(zip(batch["txt_lens"], examples)):
-        img_mask_tgt[b, tl:tl + len(e["img_mask"])] = e["img_mask"]
+    layout = SequenceLayout.from_batch(batch)
+    for b, e in enumerate(examples):
+        img_mask_tgt[b, layout.region_slice(b)] = e["img_mask"]
     batch["img_masks"], batch["img_mask_tgt"] = img_masks, img_mask_tgt
     return batch
 
@@ -160,10 +177,9 @@ class TaskSampler:
 
     def __init__(self, mix: dict[str, float] | None = None, seed: int = 0):
         mix = dict(DEFAULT_MIX if mix is None else mix)
-        unknown = sorted(set(mix) - set(TASKS))
-        if unknown or not mix or any(float(v) < 0 for v in mix.values()) or sum(map(float, mix.values())) <= 0:
-            raise ValueError(f"task mix {mix} needs known tasks ({', '.join(TASKS)}) with non-negative ratios "
-                             f"and a positive sum")
+        problem = mix_problem(mix)
+        if problem:
+            raise ValueError(f"task mix {mix}{problem}")
         self.mix, self.seed, self.step = mix, seed, 0
         self.names = sorted(mix)  # order-independent: the same on every rank whatever the dict order
         weights = np.array([float(mix[n]) for n in self.names])

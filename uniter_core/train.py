@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,15 +26,18 @@ from tqdm import tqdm
 
 from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import ImageTextDataset, TokenBucketSampler
-from uniter_core.cli import StopRequest, exit_with, output_path, run_command
+from uniter_core.cli import StopRequest, describe_os_error, exit_with, output_path, run_command
 from uniter_core.errors import EnvironmentFailure, Interrupted, UserError
-from uniter_core.io import remove_stale_temporaries, write_json, write_jsonl
+from uniter_core.io import write_json
 from uniter_core.optim import build_optimizer, build_scheduler
-from uniter_core.outputs import check_writable_location, lock_folder
-from uniter_core.pretrain import UniterForPretraining, task_loss
+from uniter_core.outputs import check_writable_location
+from uniter_core.pretrain import task_loss
 from uniter_core.tasks import TaskSampler, build_task_dataset
 from uniter_core.train_config import ConfigError, TrainConfig, load_config
-from uniter_core.train_state import CheckpointError, CheckpointManager, load_finite_model, newest_loadable
+from uniter_core.evaluate import evaluate_model, write_results
+from uniter_core.runs import build_model, load_finite_model, model_config, to_device
+from uniter_core.train_state import (CheckpointError, CheckpointManager, lock_run_folder, newest_loadable,
+                                     prepare_run_folder, truncate_metrics)
 
 
 class TaskStream:
@@ -81,45 +83,6 @@ class TaskStream:
         self.epoch, self.consumed, self._iterator = state["epoch"], state["consumed"], None
 
 
-def model_config(config: TrainConfig) -> UniterConfig:
-    try:
-        built = UniterConfig.from_preset(config.model.preset, **{
-            "itm_neg_prob": config.tasks.itm_neg_prob, "itm_ot_lambda": config.tasks.itm_ot_lambda,
-            **config.model.overrides})
-    except Exception as error:  # noqa: BLE001 - the preset's own checks (sizes, known fields), whatever their type
-        reason = str(error).strip().splitlines()[-1].strip()  # validators may wrap the reason in more lines
-        raise ConfigError(f"config: model.preset / model.overrides: {reason}") from None
-    return built
-
-
-def build_model(config: TrainConfig, train_set: ImageTextDataset | None = None) -> UniterForPretraining:
-    """The initialisation of a run: the model named by model.init (MiniLM text weights, random, an official
-    checkpoint or a run folder) and, with data.center_features, the training split's mean region feature
-    (train_set: that split, already open)."""
-    model = _initial_weights(config)
-    if config.data.center_features:
-        train_set = train_set or ImageTextDataset(config.data.corpus, config.data.train_split,
-                                                  config.data.max_text_len, config.data.max_regions)
-        mean = train_set.store.feature_mean(train_set.image_ids)
-        model.uniter.img_embeddings.feat_mean.copy_(torch.from_numpy(mean))
-    return model
-
-
-def _initial_weights(config: TrainConfig) -> UniterForPretraining:
-    init = config.model.init
-    if init == "minilm":
-        return UniterForPretraining.from_minilm(model_config(config))
-    if init == "random":
-        return UniterForPretraining(model_config(config))
-    path = Path(init)
-    if (path / "config.json").exists():
-        return UniterForPretraining.from_pretrained(path)
-    if path.is_file():
-        return UniterForPretraining.from_official_state_dict(path, model_config(config))
-    raise ConfigError(f"model.init {init!r} is neither minilm, random, an official checkpoint file nor a "
-                      f"saved model folder")
-
-
 def check_data(config: TrainConfig, uniter_config: UniterConfig, where: str) -> ImageTextDataset:
     """Open the training split and check it fits the model before any training work starts."""
     corpus = Path(config.data.corpus)
@@ -149,10 +112,6 @@ def check_data(config: TrainConfig, uniter_config: UniterConfig, where: str) -> 
     return dataset
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def setup_distributed() -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment; a plain run is rank 0 of 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -166,9 +125,6 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world_size, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
 
 
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "train_config.json")  # what a run writes (and --force replaces)
-
-
 class TrainingDiverged(UserError):
     """A non-finite loss or gradient: the step is not applied and nothing of it is saved."""
 
@@ -177,87 +133,6 @@ class TrainingDiverged(UserError):
 
 def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def read_metrics(path: Path) -> tuple[list[dict], int]:
-    """The records of metrics.jsonl and the number of damaged lines dropped (a line cut short by a kill)."""
-    records, damaged = [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                damaged += 1
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step", 0), int):
-                records.append(record)
-            else:
-                damaged += 1
-    return records, damaged
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop the lines of steps after the checkpoint (they are about to be recomputed) and repair a
-    half-written last line, saying what was dropped."""
-    if not path.exists():
-        return
-    records, damaged = read_metrics(path)
-    kept = [r for r in records if r.get("step", 0) <= step]
-    if damaged or len(kept) < len(records):
-        _warn(f"{path}: kept the {len(kept)} records up to step {step}"
-              + (f", dropped {len(records) - len(kept)} of later steps (they are recomputed)" if len(kept) < len(records) else "")
-              + (f", dropped {damaged} damaged line(s)" if damaged else ""))
-        write_jsonl(path, kept)
-
-
-def _own_evaluation(path: Path) -> bool:
-    """An eval_<split>[_baseline].json written by uniter_core.evaluate or the trainer (they name a checkpoint)."""
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(result, dict) and "checkpoint" in result and "t2i_r1" in result
-
-
-def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to start a fresh run over an existing one unless asked; --force removes only the run's own files
-    (checkpoint folders, the latest pointer, metrics, config and the evaluations it wrote)."""
-    check_writable_location(out)
-    if (out / "checkpoints").exists() and not (out / "checkpoints").is_dir():
-        raise UserError(f"--out {out}: {out / 'checkpoints'} is a file; a run keeps its checkpoints in that folder")
-    checkpoints = CheckpointManager(out)
-    existing = [p.name for p in checkpoints.steps()]
-    has_run = existing or any((out / name).exists() for name in RUN_OUTPUTS[1:])
-    if force and has_run:
-        for path in checkpoints.steps():
-            shutil.rmtree(path)
-        checkpoints.remove_partials()
-        (out / "checkpoints" / "latest").unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            (out / "checkpoints").rmdir()  # only when nothing of yours is left in it
-        for name in RUN_OUTPUTS[1:]:
-            (out / name).unlink(missing_ok=True)
-        for path in out.glob("eval_*.json"):
-            if _own_evaluation(path):
-                path.unlink()
-        _warn(f"--force: removed the earlier run in {out} (checkpoints {', '.join(existing) or 'none'}, metrics, "
-              f"config, evaluations)")
-    elif has_run and not resume:
-        held = f"checkpoints {', '.join(existing)}" if existing else "a run without checkpoints"
-        raise UserError(f"--out {out} already holds {held}; add --resume to continue it or --force to start "
-                        f"over (removes them)")
-    checkpoints.remove_partials()
-    remove_stale_temporaries(out, names=RUN_OUTPUTS[1:])  # what a killed run was writing (the folder is locked)
-    remove_stale_temporaries(out / "checkpoints", names=["latest"])
-
-
-def lock_run_folder(out: Path):
-    """An advisory lock on the run folder for the life of the process: two trainers never write one run."""
-    out.mkdir(parents=True, exist_ok=True)
-    return lock_folder(out, f"--out {out} is being trained by another process right now; wait for it or choose "
-                            f"another --out")
 
 
 class Trainer:
@@ -321,9 +196,9 @@ class Trainer:
                 raise UserError(f"--resume: {latest} does not fit this config ({reason}); resume with the run's "
                                 f"own settings ({out / 'train_config.json'}) or start over with --force") from None
             if self.rank == 0:
-                _truncate_metrics(self.metrics_path, self.step)
+                truncate_metrics(self.metrics_path, self.step)
         elif self.rank == 0:
-            _truncate_metrics(self.metrics_path, 0)  # --resume without a checkpoint: the log restarts too
+            truncate_metrics(self.metrics_path, 0)  # --resume without a checkpoint: the log restarts too
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / "train_config.json", config.to_dict())
@@ -367,7 +242,7 @@ class Trainer:
         parts_sum: dict[str, float] = {}
         examples = tokens = 0
         for micro in range(accum):
-            batch = to_device(self.streams[task].next_batch(), self.device)
+            batch = to_device(self.streams[task].next_batch(), self.device, non_blocking=True)
             sync = self.ddp is None or micro == accum - 1
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast():
                 loss, parts = task_loss(task, module(batch, task), self.model.config.itm_ot_lambda)
@@ -431,7 +306,6 @@ class Trainer:
             try:
                 self.checkpoints.save(self.step, self.model, self.optimizer, self.scheduler, extra)
             except OSError as error:
-                from uniter_core.cli import describe_os_error
                 newest = self.checkpoints.latest()
                 raise EnvironmentFailure(
                     f"checkpoint step_{self.step:08d} not written ({describe_os_error(error)}); "
@@ -500,8 +374,6 @@ class Trainer:
         """Evaluation on rank 0 (small splits; other ranks wait); the final one also goes to eval_<split>.json."""
         result = None
         if self.rank == 0:
-            from uniter_core.evaluate import evaluate_model, write_results
-
             result = evaluate_model(self.model, Path(self.config.data.corpus), split, self.config)
             self.log([{"step": self.step, "eval": {split: result}}])
             if final:
@@ -534,25 +406,35 @@ def resume_command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-def train_command(args: argparse.Namespace) -> int:
-    """Train (or resume) the run of `args`, then evaluate it on the test split."""
-    config = load_config(args.config, args.overrides)
+def train_run(config: TrainConfig, out: Path, resume: bool = False, force: bool = False, evaluate: bool = True,
+              where: str = "config", resume_command: str | None = None) -> Trainer:
+    """Train (or, with resume, continue) the run of `config` in the folder `out`, then evaluate it on the test
+    split (eval_<split>.json); returns the finished Trainer. `where` names the config in messages and
+    `resume_command` is the command line an interruption tells the user to run."""
     try:
-        trainer = Trainer(config, args.out, args.resume, where=str(args.config or "config"), force=args.force)
-        trainer.resume_command = resume_command_line(args)
+        trainer = Trainer(config, out, resume, where=where, force=force)
+        trainer.resume_command = resume_command
         trainer.train()
-        if not args.no_eval:
+        if evaluate:
             trainer.evaluate(config.data.test_split, final=True)
-        if trainer.rank == 0:
-            print(f"run ready: {args.out}")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    return trainer
+
+
+def _cli(argv=None) -> int:
+    args = parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    trainer = train_run(config, args.out, args.resume, args.force, evaluate=not args.no_eval,
+                        where=str(args.config or "config"), resume_command=resume_command_line(args))
+    if trainer.rank == 0:
+        print(f"run ready: {args.out}")
     return 0
 
 
 def main(argv=None) -> int:
-    return run_command(lambda: train_command(parse_args(argv)))
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 from uniter_core.errors import UserError
 from uniter_core.io import read_text
+from uniter_core.tasks import DEFAULT_MIX, mix_problem
 
 
-TASKS = ("mlm", "mrfr", "mrc", "mrckl", "itm")
 
 
 class ConfigError(UserError, ValueError):
@@ -47,7 +47,7 @@ class DataSection:
 
 @dataclass
 class TaskSection:
-    mix: dict = field(default_factory=lambda: {"itm": 3, "mlm": 4, "mrfr": 2, "mrckl": 2})
+    mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))
     itm_neg_prob: float = 0.5
     itm_ot_lambda: float = 0.1
 
@@ -184,14 +184,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 def validate(config: TrainConfig, where: str) -> None:
     """Checks that need no data: positive sizes, known tasks and presets."""
-    unknown = set(config.tasks.mix) - set(TASKS)
-    if unknown:
-        raise ConfigError(f"{where}: tasks.mix names unknown tasks {sorted(unknown)} (known: {', '.join(TASKS)})")
-    for task, ratio in config.tasks.mix.items():
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 0:
-            raise ConfigError(f"{where}: tasks.mix.{task} must be a number >= 0, got {ratio!r}")
-    if sum(float(v) for v in config.tasks.mix.values()) <= 0:
-        raise ConfigError(f"{where}: tasks.mix needs at least one task with a ratio > 0")
+    problem = mix_problem(config.tasks.mix)
+    if problem:
+        raise ConfigError(f"{where}: tasks.mix{problem}")
     at_least = {"run.num_steps": 1, "run.save_every": 1, "run.keep_last": 1, "run.log_every": 1,
                 "run.eval_every": 0, "optim.grad_accum": 1, "optim.warmup_steps": 0, "batch.max_tokens": 1,
                 "batch.bucket_size": 1, "batch.size_multiple": 1, "data.max_text_len": 1, "data.max_regions": 1,

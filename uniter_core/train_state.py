@@ -1,8 +1,11 @@
-"""Training checkpoints that resume exactly: weights, optimiser, schedule, data position and every RNG.
+"""A run folder on disk: checkpoints that resume exactly (weights, optimiser, schedule, data position and every
+RNG), the metrics log, and what a fresh run, --resume and --force do with an existing folder.
 
     runs/NAME/checkpoints/step_00001000/model/      save_pretrained output (safetensors + config.json)
     runs/NAME/checkpoints/step_00001000/state.pt    optimiser, scheduler, step, sampler position, RNG states
     runs/NAME/checkpoints/latest                    name of the newest complete checkpoint (for people)
+    runs/NAME/metrics.jsonl                         one JSON object per logged step or evaluation
+    runs/NAME/train_config.json                     the config the run was trained with
 
 Each checkpoint is written into a hidden temporary folder and renamed when complete, then `latest` is replaced
 atomically, so a run killed at any instant (even with SIGKILL) leaves only complete checkpoints behind. Readers
@@ -13,9 +16,11 @@ from __future__ import annotations
 
 import io
 import json
+import contextlib
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +28,8 @@ import torch
 from safetensors import safe_open
 
 from uniter_core.errors import UserError
-from uniter_core.io import write_text
+from uniter_core.io import remove_stale_temporaries, write_jsonl, write_text
+from uniter_core.outputs import check_writable_location, lock_folder
 
 
 def rng_state() -> dict:
@@ -90,7 +96,7 @@ class CheckpointManager:
         """Write checkpoint `step`; `extra` holds the trainer's own state (sampler position, generators...).
         Any failure (a full disk, a second Ctrl-C) removes the partial folder and leaves older checkpoints as
         they were."""
-        bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+        bad = non_finite_weights(model)
         if bad:
             raise CheckpointError(f"checkpoint step_{step:08d} not written: {len(bad)} weight tensors hold NaN or "
                                   f"infinite values (e.g. {bad[0]})")
@@ -205,18 +211,97 @@ def newest_loadable(run_dir: str | Path, load, need_state: bool = False, warn=No
     return None, None
 
 
-def load_finite_model(checkpoint: Path):
-    """The UniterForPretraining of a checkpoint; CheckpointError when its weights are not all finite."""
-    from uniter_core.pretrain import UniterForPretraining
-
-    model = UniterForPretraining.from_pretrained(checkpoint / "model")
-    bad = non_finite_weights(model)
-    if bad:
-        raise CheckpointError(f"weights hold NaN or infinite values (e.g. {bad[0]})")
-    return model
+# ------------------------------------------------------------------------------------------ the run folder
+# What a training run writes beside its checkpoints, and how a fresh run, --resume and --force treat it.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "train_config.json")  # what a run writes (and --force replaces)
 
 
-def newest_loadable_model(run_dir: str | Path, warn=None):
-    """(checkpoint folder, model) of the newest checkpoint whose model loads with finite weights (see
-    newest_loadable)."""
-    return newest_loadable(run_dir, load_finite_model, warn=warn)
+
+def read_metrics(path: Path) -> tuple[list[dict], list[int]]:
+    """The records of a metrics.jsonl and the numbers of the damaged lines dropped (a line cut short by a kill,
+    a record without an integer step)."""
+    records, damaged = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                damaged.append(number)
+                continue
+            if isinstance(record, dict) and _is_step(record.get("step", 0)):
+                records.append(record)
+            else:
+                damaged.append(number)
+    return records, damaged
+
+
+def _is_step(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop the lines of steps after the checkpoint (they are about to be recomputed) and repair a
+    half-written last line, saying what was dropped."""
+    if not path.exists():
+        return
+    records, damaged = read_metrics(path)
+    kept = [r for r in records if r.get("step", 0) <= step]
+    if damaged or len(kept) < len(records):
+        _warn(f"{path}: kept the {len(kept)} records up to step {step}"
+              + (f", dropped {len(records) - len(kept)} of later steps (they are recomputed)" if len(kept) < len(records) else "")
+              + (f", dropped {len(damaged)} damaged line(s)" if damaged else ""))
+        write_jsonl(path, kept)
+
+
+def own_evaluation(path: Path) -> bool:
+    """An eval_<split>[_baseline].json written by uniter_core.evaluate or the trainer (they name a checkpoint)."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(result, dict) and "checkpoint" in result and "t2i_r1" in result
+
+
+def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to start a fresh run over an existing one unless asked; --force removes only the run's own files
+    (checkpoint folders, the latest pointer, metrics, config and the evaluations it wrote)."""
+    check_writable_location(out)
+    if (out / "checkpoints").exists() and not (out / "checkpoints").is_dir():
+        raise UserError(f"--out {out}: {out / 'checkpoints'} is a file; a run keeps its checkpoints in that folder")
+    checkpoints = CheckpointManager(out)
+    existing = [p.name for p in checkpoints.steps()]
+    has_run = existing or any((out / name).exists() for name in RUN_OUTPUTS[1:])
+    if force and has_run:
+        for path in checkpoints.steps():
+            shutil.rmtree(path)
+        checkpoints.remove_partials()
+        (out / "checkpoints" / "latest").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (out / "checkpoints").rmdir()  # only when nothing of yours is left in it
+        for name in RUN_OUTPUTS[1:]:
+            (out / name).unlink(missing_ok=True)
+        for path in out.glob("eval_*.json"):
+            if own_evaluation(path):
+                path.unlink()
+        _warn(f"--force: removed the earlier run in {out} (checkpoints {', '.join(existing) or 'none'}, metrics, "
+              f"config, evaluations)")
+    elif has_run and not resume:
+        held = f"checkpoints {', '.join(existing)}" if existing else "a run without checkpoints"
+        raise UserError(f"--out {out} already holds {held}; add --resume to continue it or --force to start "
+                        f"over (removes them)")
+    checkpoints.remove_partials()
+    remove_stale_temporaries(out, names=RUN_OUTPUTS[1:])  # what a killed run was writing (the folder is locked)
+    remove_stale_temporaries(out / "checkpoints", names=["latest"])
+
+
+def lock_run_folder(out: Path):
+    """An advisory lock on the run folder for the life of the process: two trainers never write one run."""
+    out.mkdir(parents=True, exist_ok=True)
+    return lock_folder(out, f"--out {out} is being trained by another process right now; wait for it or choose "
+                            f"another --out")
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

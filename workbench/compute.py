@@ -18,8 +18,10 @@ from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
 from analyses.patterns import PATTERNS
 from uniter_core.data.dataset import collate
 from uniter_core.io import write_text
+from uniter_core.model import SequenceLayout
 from uniter_core.ot import cost_matrix_cosine, ipot
 from uniter_core.report import ROWS
+from uniter_core.runs import to_device
 
 # Display name -> uniter_core.ot solver. "auto" is IPOT as training runs it (batched on CPU, fused on CUDA).
 SOLVERS = {"IPOT": "auto", "POT Sinkhorn": "pot-sinkhorn", "POT EMD": "pot-emd"}
@@ -67,12 +69,10 @@ def alignment_by_position(item: dict) -> dict[int, set[int]]:
 @torch.inference_mode()
 def final_states(model, item: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Final-layer text ([CLS] .. [SEP]) and region states of one example, fp32, as WRA takes them."""
-    batch = collate([item])
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    batch = to_device(collate([item]), next(model.parameters()).device)
     hidden = model.uniter.forward_batch(batch).last_hidden_state.float()[0].cpu()
-    n_text, n_regions = batch["txt_lens"][0], batch["num_bbs"][0]
-    return hidden[:n_text], hidden[n_text:n_text + n_regions]
+    layout = SequenceLayout.from_batch(batch)
+    return hidden[layout.text_slice(0)], hidden[layout.region_slice(0)]
 
 
 def transport_plan(txt: torch.Tensor, img: torch.Tensor, solver: str, beta: float = 0.5, iteration: int = 50,

@@ -15,14 +15,16 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from analyses.attention import iter_example_attention, load_official_checkpoint, load_run
+from analyses.attention import iter_example_attention
 from analyses.classifier import DEFAULT_MODEL, load_classifier
+from uniter_core.config import PRESETS as UNITER_PRESETS
 from uniter_core.data.dataset import ImageTextDataset
 from uniter_core.errors import UserError
+from uniter_core.runs import load_official_checkpoint, load_run
 from uniter_core.train_state import CheckpointManager
 from workbench import compute, settings
 
-PRESETS = ("uniter-base", "uniter-large", "uniter-mini")
+PRESETS = tuple(UNITER_PRESETS)  # the model presets an official checkpoint can be read as
 
 
 class LoadError(Exception):
@@ -110,14 +112,11 @@ def run_folder(path: str) -> Path:
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def _load(source: Source, stamp: str) -> Loaded:
     if source.kind == "run":
-        skipped: list[str] = []
-        model, corpus, config = load_run(settings.resolve(source.path), warn=skipped.append)
-        latest = CheckpointManager(settings.resolve(source.path)).latest()
-        return Loaded(source, model.eval(), Path(corpus), config.data.max_text_len, config.data.max_regions,
-                      latest.name if latest else "", tuple(skipped))
-    model, corpus, _ = load_official_checkpoint(settings.resolve(source.path), settings.resolve(source.corpus),
-                                                source.preset)
-    return Loaded(source, model.eval(), Path(corpus), 60, 100)
+        run = load_run(settings.resolve(source.path))
+        return Loaded(source, run.model.eval(), run.corpus, run.max_text_len, run.max_regions, run.checkpoint.name,
+                      run.skipped)
+    run = load_official_checkpoint(settings.resolve(source.path), settings.resolve(source.corpus), source.preset)
+    return Loaded(source, run.model.eval(), run.corpus, run.max_text_len, run.max_regions)
 
 
 def load(source: Source) -> Loaded:
