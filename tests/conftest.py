@@ -34,7 +34,7 @@ def workbench_env(tiny_corpus, tmp_path_factory) -> dict[str, str]:
     folders for the gold set and the statistics exports."""
     from analyses.classifier import fit
     from analyses.synthetic import synthetic_features
-    from test_train import tiny_overrides
+    from factories import tiny_overrides
     from uniter_core import evaluate, train
 
     root = tmp_path_factory.mktemp("workbench")

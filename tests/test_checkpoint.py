@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from test_model import make_examples, tiny_config
+from factories import make_examples, tiny_config
 from uniter_core.checkpoint import CheckpointMismatchError
 from uniter_core.model import UniterModel
 from uniter_core.pretrain import UniterForPretraining

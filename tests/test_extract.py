@@ -1,5 +1,4 @@
 """Bring-your-own-data extraction: both caption formats, user boxes, resizing, resume, and one-sentence errors."""
-import csv
 import json
 
 import numpy as np
@@ -7,20 +6,14 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from factories import CAPTIONS, IMAGES, write_csv
 from uniter_core.data import extract
 from uniter_core.data.regions import RegionFeatures, normalized_boxes
 from uniter_core.data.store import FeatureStore, FeatureStoreWriter
 from uniter_core.data.tokenizer import load_tokenizer
 from uniter_core.io import read_jsonl
 
-# name -> (photo, size (w, h), format); sizes differ on purpose and one image is larger than --max-side
-IMAGES = {"astronaut.png": ("astronaut", (96, 96), "PNG"), "cat.jpg": ("chelsea", (120, 80), "JPEG"),
-          "camera.png": ("camera", (96, 96), "PNG"), "sub/coffee.jpg": ("coffee", (700, 350), "JPEG")}
-CAPTIONS = [("astronaut.png", "an astronaut in front of a flag"), ("cat.jpg", "a cat lying on a blanket"),
-            ("cat.jpg", "a ginger cat"), ("camera.png", "a man with a camera"),
-            ("sub/coffee.jpg", "a cup of coffee on a saucer")]
-
-
+# IMAGES: name -> (photo, size (w, h), format); sizes differ on purpose and one is larger than --max-side
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
@@ -36,14 +29,6 @@ def write_coco(path, captions=CAPTIONS):
         "images": [{"id": 10 + i, "file_name": n, "width": 0, "height": 0} for i, n in enumerate(names)],
         "annotations": [{"id": 100 + i, "image_id": 10 + names.index(n), "caption": c}
                         for i, (n, c) in enumerate(captions)]}))
-    return path
-
-
-def write_csv(path, captions=CAPTIONS, header=("image", "caption")):
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(captions)
     return path
 
 

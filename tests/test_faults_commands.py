@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faults import ROOT, assert_failed_cleanly, leftovers, run, run_and_signal, tree_digest
-from test_train import tiny_overrides
+from factories import tiny_overrides
 
 from analyses import classify_maps, export_stats
 from analyses.mapfile import MapRecord, write_maps
@@ -79,7 +79,7 @@ def test_build_corpus_refuses_a_folder_it_did_not_write(tmp_path, capsys):
 
 
 def test_extract_refuses_a_folder_it_did_not_write(tmp_path, capsys):
-    from test_extract import write_csv
+    from factories import write_csv
     folder = user_folder(tmp_path)
     before = tree_digest(folder)
     (tmp_path / "images").mkdir()
@@ -143,7 +143,7 @@ def test_force_replaces_only_the_commands_own_output(tiny_corpus, tmp_path, caps
 @pytest.mark.parametrize("command", ["build_corpus", "extract", "official_db", "train", "export_stats",
                                      "classify_maps"])
 def test_an_output_under_a_plain_file(command, tiny_run, tmp_path, capsys):
-    from test_extract import write_csv
+    from factories import write_csv
     plain = tmp_path / "f"
     plain.write_text("a file")
     out = plain / "sub"
@@ -353,7 +353,7 @@ def test_sigkill_during_the_corpus_build_then_rerun(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_signal_during_extraction_then_resume(tmp_path, sig):
-    from test_extract import IMAGES, write_csv
+    from factories import write_csv
     import skimage.data
     from PIL import Image
     images = tmp_path / "images"

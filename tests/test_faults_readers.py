@@ -199,7 +199,7 @@ def test_text_meta_and_missing_split(corpus):
 def test_train_command_on_a_damaged_corpus(corpus, tmp_path):
     """A NaN in the features of a training image: found by FeatureStore.check_finite when the trainer opens the
     split (the text rows' checks are shown in-process above)."""
-    from test_train import tiny_overrides
+    from factories import tiny_overrides
     lines = (corpus / "txt_db" / "train.jsonl").read_text().splitlines()
     train_ids = {json.loads(line)["image_id"] for line in lines}
     victim = next(r for r in shard_rows(corpus, 1) if r["image_id"] in train_ids)
@@ -300,7 +300,7 @@ def test_converter_command_on_a_truncated_lmdb(tmp_path, which):
 # ------------------------------------------------------------------------------------------- checkpoints
 
 def _tiny_model():
-    from test_model import tiny_config
+    from factories import tiny_config
     from uniter_core.pretrain import UniterForPretraining
     return UniterForPretraining(tiny_config())
 
@@ -343,7 +343,7 @@ def test_read_state_dict_names_the_damaged_file(tmp_path, damage):
 
 
 def test_train_command_on_a_damaged_official_checkpoint(tiny_corpus, tmp_path):
-    from test_train import tiny_overrides
+    from factories import tiny_overrides
     checkpoint = tmp_path / "uniter-base.pt"
     torch.save({"a": torch.zeros(3)}, checkpoint)
     checkpoint.write_bytes(checkpoint.read_bytes()[:200])

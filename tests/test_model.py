@@ -4,38 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uniter_core.config import UniterConfig
+from factories import make_batch, make_examples, tiny_config
 from uniter_core.data.dataset import collate
 from uniter_core.model import SequenceLayout, UniterModel
 from uniter_core.pretrain import UniterForPretraining
-
-
-def tiny_config(**overrides) -> UniterConfig:
-    values = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  max_position_embeddings=64, img_dim=16, num_region_classes=9, cls_token_id=1, sep_token_id=2,
-                  mask_token_id=3, first_word_piece_id=5)
-    return UniterConfig(**{**values, **overrides})
-
-
-def make_examples(config: UniterConfig, txt_lens=(5, 8, 3), num_bbs=(4, 2, 6), seed: int = 0) -> list[dict]:
-    """Examples shaped like ImageTextDataset items: [CLS] pieces [SEP], regions with boxes and soft labels."""
-    g = torch.Generator().manual_seed(seed)
-    examples = []
-    for i, (tl, nbb) in enumerate(zip(txt_lens, num_bbs)):
-        pieces = torch.randint(config.first_word_piece_id, config.vocab_size, (tl - 2,), generator=g)
-        xy = torch.rand(nbb, 2, generator=g) * 0.5
-        wh = torch.rand(nbb, 2, generator=g) * 0.5 + 0.05
-        examples.append({
-            "input_ids": torch.cat([torch.tensor([config.cls_token_id]), pieces, torch.tensor([config.sep_token_id])]),
-            "img_feat": torch.randn(nbb, config.img_dim, generator=g).abs(),
-            "norm_bb": torch.cat([xy, xy + wh, wh], dim=1),
-            "soft_labels": torch.softmax(3 * torch.randn(nbb, config.num_region_classes, generator=g), dim=-1),
-            "image_id": f"img{i}", "text_id": f"txt{i}"})
-    return examples
-
-
-def make_batch(config: UniterConfig, **kwargs) -> dict:
-    return collate(make_examples(config, **kwargs))
 
 
 def test_parameter_names_are_the_official_ones():

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_model import make_examples, tiny_config
+from factories import make_examples, tiny_config
 from uniter_core.model import SequenceLayout
 from uniter_core.pretrain import UniterForPretraining, task_loss
 from uniter_core.tasks import itm_collate, mlm_collate, mrm_collate

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from test_model import make_examples, tiny_config
+from factories import make_examples, tiny_config
 from uniter_core.data.dataset import collate
 from uniter_core.masking import example_generator, mask_regions, mask_text
 from uniter_core.pretrain import UniterForPretraining, task_loss

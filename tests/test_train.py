@@ -18,26 +18,7 @@ from uniter_core.io import read_jsonl
 from uniter_core.runs import build_model
 from uniter_core.train_config import ConfigError, config_from_dict, load_config
 
-REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = ("model.init=random", "model.overrides={num_hidden_layers: 2, hidden_size: 32, "
-              "num_attention_heads: 4, intermediate_size: 64}")
-
-
-def tiny_overrides(corpus: Path, steps: int = 8, **run) -> list[str]:
-    settings = {"num_steps": steps, "save_every": 2, "log_every": 1, "keep_last": 2, **run}
-    return [*TINY_MODEL, f"data.corpus={corpus}", "optim.warmup_steps=2", "optim.lr=0.001",
-            "batch.max_tokens=400", "batch.size_multiple=2", "batch.bucket_size=64",
-            *(f"run.{k}={v}" for k, v in settings.items())]
-
-
-def losses(run: Path) -> dict[int, tuple[str, float]]:
-    return {r["step"]: (r["task"], r["loss"]) for r in read_jsonl(run / "metrics.jsonl") if "loss" in r}
-
-
-def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    latest = (run / "checkpoints" / "latest").read_text().strip()
-    return load_file(run / "checkpoints" / latest / "model" / "model.safetensors")
-
+from factories import REPO, TINY_MODEL, final_weights, losses, tiny_overrides  # noqa: F401 (TINY_MODEL)
 
 def _command(out: Path, overrides: list[str], *extra: str) -> list[str]:
     return [sys.executable, "-m", "uniter_core.train", "--out", str(out), "--no-eval", *extra, *overrides]

@@ -106,19 +106,32 @@ class StopRequest:
 
 
 def run_command(function: Callable, *args, **kwargs) -> int:
-    """function(*args, **kwargs) as a command: its int result (None: 0) or the exit code of its failure."""
+    """function(*args, **kwargs) as a command: its int result (None: 0) or the exit code of its failure. The
+    same whether the command runs as `python -m ...` or as its console script (`uniter-train`, ...)."""
     try:
         with signals_raise():
             result = function(*args, **kwargs)
+        code = 0 if result is None else int(result)
     except (UserError, OSError, Interrupted, KeyboardInterrupt) as error:
-        return report(error)
+        code = report(error)
     finally:
-        try:
-            if sys.stdout is not None:  # None when the shell closed it (`>&-`)
-                sys.stdout.flush()
-        except (OSError, ValueError):
-            pass
-    return 0 if result is None else int(result)
+        pipe_closed = _flush_stdout()
+    return code or 1 if pipe_closed else code
+
+
+def _flush_stdout() -> bool:
+    """Flush stdout; True when its reader went away (`| head`). stdout then points at /dev/null, so that the
+    interpreter's own flush at exit does not print a BrokenPipeError."""
+    try:
+        if sys.stdout is not None:  # None when the shell closed it (`>&-`)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return True
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def output_path(text: str):
@@ -131,11 +144,7 @@ def output_path(text: str):
 
 
 def exit_with(code: int) -> None:
-    """sys.exit for `if __name__ == "__main__"`; closes stdout quietly when a pipe reader went away."""
-    try:
-        if sys.stdout is not None:
-            sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    """sys.exit for `if __name__ == "__main__"` (run_command has already flushed stdout)."""
+    if _flush_stdout():
         code = code or 1
     sys.exit(code)

@@ -6,6 +6,7 @@ one sentence that names the file or argument and the problem.
 """
 from __future__ import annotations
 
+import os
 import signal
 
 
@@ -47,6 +48,9 @@ def _quiet_exit(signum, frame):
     os._exit(128 + signum)
 
 
+CONSOLE_SCRIPT_PREFIX = "uniter-"  # every console script of the project is named uniter-<command>
+
+
 def quiet_interrupts_while_starting() -> None:
     """When this process runs one of the project's commands (`python -m uniter_core.X` / `analyses.X`), a signal
     during the seconds of imports before the command's own handling starts exits with one line, not with a
@@ -54,7 +58,8 @@ def quiet_interrupts_while_starting() -> None:
     import sys
     argv = getattr(sys, "orig_argv", [])
     module = argv[argv.index("-m") + 1] if "-m" in argv[:-1] else ""
-    if module.startswith(("uniter_core.", "analyses.")):
+    script = os.path.basename(sys.argv[0]) if sys.argv else ""  # a console script of pyproject.toml
+    if module.startswith(("uniter_core.", "analyses.")) or script.startswith(CONSOLE_SCRIPT_PREFIX):
         import threading
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):

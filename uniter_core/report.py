@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from uniter_core.cli import exit_with, run_command
@@ -45,26 +44,30 @@ def read_results(path: Path, required: tuple[str, ...]) -> dict:
     return results
 
 
-def report_command(argv=None) -> int:
+def run_report(run_dir: Path, split: str = "test") -> str:
+    """The Markdown report of a run's evaluation on `split` (eval_<split>.json) beside its baseline
+    (eval_<split>_baseline.json, when it exists)."""
+    result_file = Path(run_dir) / f"eval_{split}.json"
+    if not result_file.exists():
+        raise UserError(f"{result_file} does not exist (train and evaluate the run first)")
+    pretrained = read_results(result_file, required=("checkpoint", "candidates", *(key for key, _ in ROWS)))
+    baseline_file = Path(run_dir) / f"eval_{split}_baseline.json"
+    baseline = read_results(baseline_file, required=()) if baseline_file.exists() else None
+    return (f"{run_dir} ({pretrained['checkpoint']}), {split} split, {pretrained['candidates']} retrieval "
+            f"candidates:\n\n" + table(pretrained, baseline))
+
+
+def _cli(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--split", default="test")
     args = p.parse_args(argv)
-    result_file = args.run / f"eval_{args.split}.json"
-    if not result_file.exists():
-        print(f"error: {result_file} does not exist (train and evaluate the run first)", file=sys.stderr)
-        return 2
-    pretrained = read_results(result_file, required=("checkpoint", "candidates", *(key for key, _ in ROWS)))
-    baseline_file = args.run / f"eval_{args.split}_baseline.json"
-    baseline = read_results(baseline_file, required=()) if baseline_file.exists() else None
-    print(f"{args.run} ({pretrained['checkpoint']}), {args.split} split, "
-          f"{pretrained['candidates']} retrieval candidates:\n")
-    print(table(pretrained, baseline))
+    print(run_report(args.run, args.split))
     return 0
 
 
 def main(argv=None) -> int:
-    return run_command(report_command, argv)
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":

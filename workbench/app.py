@@ -4,14 +4,9 @@ The entry point only sets up the page, the shared sidebar (model source, split, 
 each page is one file in workbench/views/. Defaults (run folder, classifier, gold set, statistics folder) can
 be overridden with the WORKBENCH_* environment variables listed in workbench/settings.py.
 """
-import sys
-from pathlib import Path
+import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for analyses/ and uniter_core/
-
-import streamlit as st  # noqa: E402
-
-from workbench import ui  # noqa: E402
+from workbench import ui  # the project is installed (`pip install -e .`, done by `make install`)
 
 PAGES = [
     ("views/overview.py", "Overview", ":material/grid_view:", "overview"),

@@ -11,12 +11,9 @@ screenshot scripts point the app at temporary folders without touching the real 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `streamlit run workbench/app.py` puts workbench/, not the repository, on the path
-    sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]  # relative defaults are looked up here too (the app may run elsewhere)
 
 DEMO_RUN = "runs/pretrain-mini"
 SPLITS_PREFERRED = ("test", "val", "train")

