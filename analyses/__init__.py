@@ -1,4 +1,5 @@
-"""Attention analysis: extraction, pattern features and classifier, statistics exports (see analyses/README.md)."""
+"""Attention analysis: extraction, pattern features and classifier, statistics exports (see analyses/README.md;
+the pattern definitions and where to add an analysis: docs/ARCHITECTURE.md)."""
 
 from uniter_core.errors import quiet_interrupts_while_starting as _quiet
 

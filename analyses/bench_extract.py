@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from analyses.attention import iter_example_attention
-from uniter_core.runs import load_run
-from analyses.classifier import load_classifier
+from analyses.errors import as_input_error
 from analyses.export_stats import per_map_table
+from analyses.train_classifier import load_classifier
 from uniter_core.cli import exit_with, run_command
 from uniter_core.data.dataset import ImageTextDataset, collate
+from uniter_core.runs import load_run
 
 
 @torch.inference_mode()
@@ -40,7 +40,34 @@ def analysis(model, corpus, split: str, order: list[int], batch_size: int, class
     return len(per_map_table(examples, classifier))
 
 
-def bench_extract_command(argv=None) -> int:
+def bench_extract(run_dir: Path, *, split: str = "test", examples: int = 96, batch_size: int = 16, rounds: int = 3,
+                  model: Path | None = None) -> dict:
+    """Time the bare forward and the analysis on the same examples, `rounds` times alternately: {"examples",
+    "maps", "seconds": {"bare forward": median, "analysis": median}}."""
+    with as_input_error():
+        run = load_run(run_dir)
+    from uniter_core.data.tokenizer import load_tokenizer
+    tokenizer = load_tokenizer()
+    classifier = load_classifier(model)
+    uniter = run.model.uniter.eval()
+    dataset = ImageTextDataset(run.corpus, split, 60, 100)  # the extraction's limits
+    order = list(range(min(examples, len(dataset))))
+    bare_forward(uniter, dataset, order[:batch_size], batch_size)  # warm-up
+    analysis(run.model, run.corpus, split, order[:batch_size], batch_size, classifier, tokenizer)
+    times = {"bare forward": [], "analysis": []}
+    maps = 0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        bare_forward(uniter, dataset, order, batch_size)
+        times["bare forward"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        maps = analysis(run.model, run.corpus, split, order, batch_size, classifier, tokenizer)
+        times["analysis"].append(time.perf_counter() - start)
+    return {"examples": len(order), "maps": maps,
+            "seconds": {name: statistics.median(values) for name, values in times.items()}}
+
+
+def _cli(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, default=Path("runs/pretrain-mini"))
     p.add_argument("--split", default="test")
@@ -49,41 +76,20 @@ def bench_extract_command(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--model", type=Path, help="classifier (default: the default one)")
     args = p.parse_args(argv)
-    try:
-        run = load_run(args.run)
-        model, corpus, config = run.model, run.corpus, run.config
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from uniter_core.data.tokenizer import load_tokenizer
-    tokenizer = load_tokenizer()
-    classifier = load_classifier(args.model)
-    uniter = model.uniter.eval()
-    dataset = ImageTextDataset(corpus, args.split, 60, 100)  # the extraction's limits
-    order = list(range(min(args.examples, len(dataset))))
-    bare_forward(uniter, dataset, order[:args.batch_size], args.batch_size)  # warm-up
-    analysis(model, corpus, args.split, order[:args.batch_size], args.batch_size, classifier, tokenizer)
-    times = {"bare forward": [], "analysis": []}
-    maps = 0
-    for _ in range(args.rounds):
-        start = time.perf_counter()
-        bare_forward(uniter, dataset, order, args.batch_size)
-        times["bare forward"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        maps = analysis(model, corpus, args.split, order, args.batch_size, classifier, tokenizer)
-        times["analysis"].append(time.perf_counter() - start)
-    bare, full = (statistics.median(times[k]) for k in ("bare forward", "analysis"))
-    print(f"{args.run}: {len(order)} {args.split} examples, batch {args.batch_size}, {maps} maps, "
+    result = bench_extract(args.run, split=args.split, examples=args.examples, batch_size=args.batch_size,
+                           rounds=args.rounds, model=args.model)
+    n, seconds = result["examples"], result["seconds"]
+    print(f"{args.run}: {n} {args.split} examples, batch {args.batch_size}, {result['maps']} maps, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} alternating rounds")
     print(f"{'step':<16}{'seconds':>10}{'ms/example':>12}")
-    for name, seconds in (("bare forward", bare), ("analysis", full)):
-        print(f"{name:<16}{seconds:>10.2f}{1e3 * seconds / len(order):>12.1f}")
+    for name, value in seconds.items():
+        print(f"{name:<16}{value:>10.2f}{1e3 * value / n:>12.1f}")
+    bare, full = seconds["bare forward"], seconds["analysis"]
     print(f"overhead (analysis - bare) / bare: {(full - bare) / bare:.2f}x (target <= 1.0x)")
-    return 0
 
 
 def main(argv=None) -> int:
-    return run_command(bench_extract_command, argv)
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":

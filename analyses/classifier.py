@@ -11,12 +11,13 @@ real maps the trees split on noisy cells; `features="all"` uses them too. Extra-
 
 A saved classifier is two files: PATH (joblib pickle of the estimator) and PATH with suffix .json (metadata:
 feature version and names, classes, training-data hash and description, library versions). Loading refuses a
-classifier made for another FEATURE_VERSION, since its inputs would silently mean something else.
+classifier made for another FEATURE_VERSION, since its inputs would silently mean something else. The default
+classifier (DEFAULT_MODEL), trained on first use, comes from analyses.train_classifier.load_classifier: training
+needs the gold set and the synthetic maps, which this module does not.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -176,34 +177,3 @@ def fit(features: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | No
         "python_version": sys.version.split()[0], "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return HeadClassifier(estimator, metadata)
-
-
-def load_classifier(path: str | Path | None = None) -> HeadClassifier:
-    """The classifier at `path`; with no path the default one, trained and saved on first use (about 30 s; its
-    cross-validated evaluation is `python -m analyses.train_classifier`, committed beside it)."""
-    if path is not None:
-        return HeadClassifier.load(path)
-    problem = _default_model_problem()
-    if problem:
-        from analyses import train_classifier
-
-        print(f"{DEFAULT_MODEL}: {problem}: training the default one first", file=sys.stderr)
-        # on all gold maps, without evaluation: the cross-validated report beside it is committed
-        train_classifier.train_classifier_command(["--out", str(DEFAULT_MODEL), "--gold-folds", "0", "--no-report"])
-    return HeadClassifier.load(DEFAULT_MODEL)
-
-
-def _default_model_problem() -> str | None:
-    """Why the default classifier must be (re)trained: missing, or made for another feature version."""
-    meta_file = metadata_path(DEFAULT_MODEL)
-    if not DEFAULT_MODEL.is_file() or not meta_file.is_file():
-        return "no classifier yet"
-    try:
-        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "unreadable metadata"
-    if not isinstance(metadata, dict):
-        return "unreadable metadata"
-    if metadata.get("feature_version") != FEATURE_VERSION or metadata.get("feature_names") != FEATURE_NAMES:
-        return f"made for feature version {metadata.get('feature_version')}, this code computes {FEATURE_VERSION}"
-    return None

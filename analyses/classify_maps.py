@@ -10,15 +10,14 @@ Without --model the default classifier is used (trained on first use).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analyses.classifier import ClassifierError, load_classifier
-from analyses.mapfile import MapFileError, MapRecord, read_maps
+from analyses.mapfile import MapRecord, read_maps
 from analyses.patterns import map_features
+from analyses.train_classifier import load_classifier
 from uniter_core.cli import exit_with, run_command
 from uniter_core.io import atomic_path
 from uniter_core.outputs import check_output_file, first_line
@@ -35,27 +34,29 @@ def classify_records(records: list[MapRecord], classifier) -> pd.DataFrame:
     return table
 
 
-def classify_command(argv=None) -> int:
+def classify_maps(*, maps: Path, out: Path, model: Path | None = None) -> pd.DataFrame:
+    """Classify every map of the file `maps` and write the table to the CSV `out` (atomically); returns it.
+    A bad maps file fails before any classifier work, and nothing is written."""
+    check_output_file(out, "classify_maps", lambda f: first_line(f).startswith("index,label,p_"))
+    records = read_maps(maps)
+    table = classify_records(records, load_classifier(model))
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    return table
+
+
+def _cli(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--maps", required=True, type=Path, help=".npz file of maps")
     p.add_argument("--out", required=True, type=Path, help="CSV to write")
     p.add_argument("--model", type=Path, default=None, help="saved classifier (default: the built-in one)")
     args = p.parse_args(argv)
-    check_output_file(args.out, "classify_maps", lambda f: first_line(f).startswith("index,label,p_"))
-    try:
-        records = read_maps(args.maps)  # a bad file fails before any classifier work
-        table = classify_records(records, load_classifier(args.model))
-    except (MapFileError, ClassifierError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    with atomic_path(args.out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6g")
+    table = classify_maps(maps=args.maps, out=args.out, model=args.model)
     print(f"{args.out}: {len(table)} maps classified")
-    return 0
 
 
 def main(argv=None) -> int:
-    return run_command(classify_command, argv)
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from analyses.errors import as_input_error
 from uniter_core.cli import exit_with, run_command
 from uniter_core.data.dataset import ImageTextDataset, collate
+from uniter_core.errors import UserError
 from uniter_core.evaluate import alignment_hits
 from uniter_core.io import write_json
-from uniter_core.outputs import check_output_file, first_line
 from uniter_core.model import SequenceLayout
-from uniter_core.pretrain import UniterForPretraining
-from uniter_core.runs import build_model, load_run
+from uniter_core.outputs import check_output_file, first_line
+from uniter_core.runs import build_model, load_finite_model, load_run
+from uniter_core.train_state import CheckpointError
 
 COLUMNS = ("word_word", "region_region", "word_region", "word_to_regions", "cls_to_regions", "region_to_text",
            "word_box_ot")
@@ -75,7 +77,38 @@ def layer_geometry(uniter, batch: dict, examples: list[dict] | None = None) -> l
     return rows
 
 
-def collapse_command(argv=None) -> int:
+def layer_rows(run_dir: Path, *, checkpoint: str | None = None, split: str = "val", examples: int = 48,
+               warn=None) -> tuple[list[dict], int]:
+    """(layer_geometry rows, number of examples measured) of the first `examples` examples of a run's split, for
+    its newest checkpoint, the named one under RUN/checkpoints, or "init" (the run's seeded initialisation).
+    `warn(message)` hears about damaged checkpoints passed over."""
+    if examples < 1:
+        raise UserError("--examples must be at least 1")
+    with as_input_error():
+        run = load_run(run_dir, warn=warn)
+        model, corpus, config = run.model, run.corpus, run.config
+        if checkpoint == "init":
+            config.data.corpus = str(corpus)
+            torch.manual_seed(config.run.seed)  # as uniter_core.train seeds before it builds the model
+            model = build_model(config)
+        elif checkpoint:
+            model = _checkpoint_model(Path(run_dir) / "checkpoints" / checkpoint)
+        dataset = ImageTextDataset(corpus, split, run.max_text_len, run.max_regions)
+        dataset.check_fits(model.config)
+    if len(dataset) == 0:
+        raise UserError(f"--split {split}: the split {dataset.text_file} holds no examples; choose another --split")
+    chosen = [dataset[i] for i in range(min(examples, len(dataset)))]
+    return layer_geometry(model.uniter.eval(), collate(chosen), chosen), len(chosen)
+
+
+def _checkpoint_model(folder: Path):
+    try:
+        return load_finite_model(folder)
+    except CheckpointError as error:  # its message does not name the folder
+        raise CheckpointError(f"--checkpoint {folder}: {error}") from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", type=Path, required=True, help="run folder written by uniter_core.train")
     p.add_argument("--checkpoint", help="checkpoint name under RUN/checkpoints, e.g. step_00000100 (default: newest), "
@@ -84,45 +117,28 @@ def collapse_command(argv=None) -> int:
     p.add_argument("--examples", type=int, default=48, help="the first N examples of the split")
     p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
-    if args.json:
+    if args.json:  # refused before the model is loaded, not after
         check_output_file(args.json, "analyses.collapse", lambda f: first_line(f).startswith(("[", "{")) and
                           '"layer"' in f.read_text(encoding="utf-8")[:2000], what="--json")
-    if args.examples < 1:
-        print("error: --examples must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        run = load_run(args.run, warn=lambda message: print(message, file=sys.stderr))
-        model, corpus, config = run.model, run.corpus, run.config
-        if args.checkpoint == "init":
-            config.data.corpus = str(corpus)
-            torch.manual_seed(config.run.seed)  # as uniter_core.train seeds before it builds the model
-            model = build_model(config)
-        elif args.checkpoint:
-            model = UniterForPretraining.from_pretrained(args.run / "checkpoints" / args.checkpoint / "model")
-        dataset = ImageTextDataset(corpus, args.split, config.data.max_text_len, config.data.max_regions)
-        dataset.check_fits(model.config)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if len(dataset) == 0:
-        print(f"error: --split {args.split}: the split {dataset.text_file} holds no examples; choose another "
-              f"--split", file=sys.stderr)
-        return 2
-    examples = [dataset[i] for i in range(min(args.examples, len(dataset)))]
-    rows = layer_geometry(model.uniter.eval(), collate(examples), examples)
+    return args
+
+
+def _cli(argv=None) -> None:
+    args = parse_args(argv)
+    rows, count = layer_rows(args.run, checkpoint=args.checkpoint, split=args.split, examples=args.examples,
+                             warn=lambda message: print(message, file=sys.stderr))
     grounded = (f", {rows[0]['grounded_words']} grounded word-pieces (word_box_ot chance level "
                 f"{rows[0]['word_box_chance']:.3f})" if "grounded_words" in rows[0] else "")
-    print(f"{args.run} {args.checkpoint or '(newest checkpoint)'}, {len(examples)} {args.split} examples{grounded}")
+    print(f"{args.run} {args.checkpoint or '(newest checkpoint)'}, {count} {args.split} examples{grounded}")
     print("layer " + " ".join(f"{c:>15}" for c in COLUMNS))
     for row in rows:
         print(f"{row['layer']:>5} " + " ".join(f"{row[c]:>15.3f}" if c in row else f"{'':>15}" for c in COLUMNS))
     if args.json:
         write_json(args.json, rows)
-    return 0
 
 
 def main(argv=None) -> int:
-    return run_command(collapse_command, argv)
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,15 @@ import torch
 
 from analyses import figures
 from analyses.attention import iter_example_attention
-from uniter_core.runs import load_official_checkpoint, load_run
-from analyses.classifier import load_classifier
 from analyses.patterns import FEATURE_VERSION, HEAD_STATS, PATTERNS, head_stats, map_features
+from analyses.train_classifier import load_classifier
 from uniter_core.cli import exit_with, output_path, run_command
 from uniter_core.errors import UserError
 from uniter_core.io import atomic_path, write_json
 from uniter_core.outputs import OutputFolder
+from uniter_core.runs import load_official_checkpoint, load_run
 
+DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LAYOUT = ("Maps are rows = queries, columns = keys over one example's real positions, laid out [CLS] "
           "word-pieces [SEP] regions: n_text counts [CLS] and [SEP], position n_text + k is region k. "
           "Layers and heads are numbered from 0.")
@@ -154,8 +155,7 @@ def check_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
 def export(examples, classifier, out: Path, source: dict, force: bool = True) -> dict[str, pd.DataFrame]:
     """Classify and measure every map of `examples` (ExampleAttention), then write tables, figures and sidecar
     into OUT.partial and move it into place: OUT holds a complete export or the earlier one."""
-    folder = OutputFolder(out, "export_stats", "columns.json", force=force,
-                          legacy=lambda f: True, own_entries=lambda name: name in STATS_ENTRIES)
+    folder = _out_folder(out, force)
     folder.check()
     table = per_map_table(examples, classifier)
     tables = {"examples": table, "heads": aggregate(table, ["layer", "head"]), "layers": aggregate(table, ["layer"])}
@@ -184,7 +184,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--model", type=Path, default=None, help="pattern classifier (default: the built-in one)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=DEFAULT_DEVICE)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.checkpoint and not args.corpus:
@@ -202,40 +202,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def export_command(args: argparse.Namespace) -> int:
-    """Export the statistics of a run folder or an official checkpoint (see the module docstring)."""
+def _out_folder(out: Path, force: bool = True) -> OutputFolder:
+    return OutputFolder(out, "export_stats", "columns.json", force=force, legacy=lambda f: True,
+                        own_entries=lambda name: name in STATS_ENTRIES)
+
+
+def export_stats(*, out: Path, run: Path | None = None, checkpoint: Path | None = None, corpus: Path | None = None,
+                 preset: str = "uniter-base", split: str = "test", max_examples: int | None = None,
+                 batch_size: int = 16, model: Path | None = None, device: str = DEFAULT_DEVICE, progress: bool = True,
+                 warn=None) -> dict[str, pd.DataFrame]:
+    """Export the statistics of a run folder (`run`) or an official `checkpoint` read with `corpus` into `out`
+    (see the module docstring); returns the tables. `warn(message)` hears about damaged checkpoints passed over."""
     # Refuse a bad --out before minutes of extraction (export() checks it again before writing).
-    OutputFolder(args.out, "export_stats", "columns.json", force=True, legacy=lambda f: True,
-                 own_entries=lambda name: name in STATS_ENTRIES).check()
-    if args.run:
-        run = load_run(args.run, warn=lambda message: print(message, file=sys.stderr))
-        source = {"run": str(args.run), "checkpoint": run.checkpoint.name}
+    _out_folder(out).check()
+    if run:
+        loaded = load_run(run, warn=warn)
+        source = {"run": str(run), "checkpoint": loaded.checkpoint.name}
     else:
-        run = load_official_checkpoint(args.checkpoint, args.corpus, args.preset)
-        source = {"checkpoint": str(args.checkpoint), "preset": args.preset}
-    model, corpus = run.model, run.corpus
-    limits = {"max_text_len": run.max_text_len, "max_regions": run.max_regions}
-    corpus = args.corpus or corpus
-    split_file = Path(corpus) / "txt_db" / f"{args.split}.jsonl"
+        loaded = load_official_checkpoint(checkpoint, corpus, preset)
+        source = {"checkpoint": str(checkpoint), "preset": preset}
+    limits = {"max_text_len": loaded.max_text_len, "max_regions": loaded.max_regions}
+    corpus = corpus or loaded.corpus
+    split_file = Path(corpus) / "txt_db" / f"{split}.jsonl"
     if not split_file.exists():
         known = sorted(p.stem for p in (Path(corpus) / "txt_db").glob("*.jsonl"))
-        raise ExportError(f"--split {args.split}: {split_file} does not exist (splits: {', '.join(known) or 'none'})")
-    classifier = load_classifier(args.model)
-    source.update({"corpus": str(corpus), "split": args.split, "max_examples": args.max_examples,
-                   "classifier": str(args.model or "default"), "classifier_data_hash": classifier.metadata["data_hash"],
+        raise ExportError(f"--split {split}: {split_file} does not exist (splits: {', '.join(known) or 'none'})")
+    classifier = load_classifier(model)
+    source.update({"corpus": str(corpus), "split": split, "max_examples": max_examples,
+                   "classifier": str(model or "default"), "classifier_data_hash": classifier.metadata["data_hash"],
                    "classifier_training": classifier.metadata.get("training", {}).get("description", "")})
-    examples = iter_example_attention(model, corpus, args.split, batch_size=args.batch_size,
-                                      max_examples=args.max_examples, device=args.device,
-                                      progress=not args.no_progress, **limits)
-    tables = export(examples, classifier, args.out, source)
-    layers = tables["layers"]
-    print(f"{args.out}: {len(tables['examples'])} maps ({tables['examples']['example'].nunique()} examples x "
-          f"{len(layers)} layers x {tables['examples']['head'].nunique()} heads)")
-    return 0
+    examples = iter_example_attention(loaded.model, corpus, split, batch_size=batch_size, max_examples=max_examples,
+                                      device=device, progress=progress, **limits)
+    return export(examples, classifier, out, source)
+
+
+def summary(out: Path, tables: dict[str, pd.DataFrame]) -> str:
+    """The command's line about an export: how many maps, examples, layers and heads."""
+    maps = tables["examples"]
+    return (f"{out}: {len(maps)} maps ({maps['example'].nunique()} examples x {len(tables['layers'])} layers x "
+            f"{maps['head'].nunique()} heads)")
+
+
+def _cli(argv=None) -> None:
+    args = parse_args(argv)
+    tables = export_stats(out=args.out, run=args.run, checkpoint=args.checkpoint, corpus=args.corpus,
+                          preset=args.preset, split=args.split, max_examples=args.max_examples,
+                          batch_size=args.batch_size, model=args.model, device=args.device,
+                          progress=not args.no_progress, warn=lambda message: print(message, file=sys.stderr))
+    print(summary(args.out, tables))
 
 
 def main(argv=None) -> int:
-    return run_command(lambda: export_command(parse_args(argv)))
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":

@@ -14,23 +14,20 @@ choose maps and is never written down, so the labels are made by looking, not by
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import struct
-import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from analyses.errors import as_input_error
+from analyses.goldset import LABELS, PROVENANCE, next_free_index, read_labels, write_csv
 from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
 from analyses.patterns import PATTERNS
 from uniter_core.cli import exit_with, run_command
 from uniter_core.io import atomic_path
 from uniter_core.outputs import OutputError, check_output_file, check_writable_location, first_line
 
-LABELS = PATTERNS + ("skip",)
-PROVENANCE = ("index", "run", "split", "example", "layer", "head", "n_text", "n_regions")
 PNG_SOURCE = "analyses.gold"  # the PNG text chunk Source of every picture this module draws: marks its own files
 
 
@@ -40,8 +37,8 @@ def sample_maps(run: Path, split: str, n: int, max_examples: int, seed: int = 0,
     classifier's suggested classes and the layers (round robin), at most one map per (example, layer, head)."""
     from analyses.attention import iter_example_attention
     from uniter_core.runs import load_run
-    from analyses.classifier import load_classifier
     from analyses.patterns import map_features
+    from analyses.train_classifier import load_classifier
 
     loaded = load_run(run)
     model, corpus = loaded.model, loaded.corpus
@@ -73,14 +70,6 @@ def sample_maps(run: Path, split: str, n: int, max_examples: int, seed: int = 0,
                for new, old in enumerate(permutation)]
     rows = [{**rows[old], "index": first_index + new} for new, old in enumerate(permutation)]
     return records, rows
-
-
-def next_free_index(gold: Path) -> int:
-    """One past the largest map index used in the gold folder's maps.npz and labels.csv (0 when empty)."""
-    used = [r.index for r in read_maps(gold / "maps.npz")] if (gold / "maps.npz").exists() else []
-    if (gold / "labels.csv").exists():
-        used += list(read_labels(gold / "labels.csv"))
-    return max(used, default=-1) + 1
 
 
 def draw_map(ax, record: MapRecord, title: str) -> None:
@@ -185,52 +174,7 @@ def write_sheets(records: list[MapRecord], out: Path, titles: dict[int, str] | N
     return render_sheets(records, out, titles, per_sheet=per_sheet)
 
 
-def read_labels(path: Path, labels: tuple[str, ...] | None = LABELS) -> dict[int, dict]:
-    """labels.csv rows by index (in file order); every label must be one of `labels` (None: any non-empty).
-
-    MapFileError, naming the file and line, for a file that is not a UTF-8 CSV with the columns index,label, a
-    missing or non-integer index, a repeated index or an empty label."""
-    if not path.is_file():
-        raise MapFileError(f"{path}: no such file")
-    data = path.read_bytes()
-    if b"\0" in data:
-        line = data[:data.index(b"\0")].count(b"\n") + 1
-        raise MapFileError(f"{path}: line {line} contains a NUL byte, so it is not a text CSV")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise MapFileError(f"{path}: line {line} is not UTF-8 text, so it is not a labels CSV") from None
-    text = text.removeprefix("\ufeff")
-    rows: dict[int, dict] = {}
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:
-        if not reader.fieldnames or not {"index", "label"} <= set(reader.fieldnames):
-            raise MapFileError(f"{path}: needs the columns index,label (has {', '.join(reader.fieldnames or [])})")
-        for row in reader:
-            line, index, label = reader.line_num, row.get("index"), row.get("label")
-            if index in (None, "") or label in (None, ""):
-                raise MapFileError(f"{path}, line {line}: needs an index and a label")
-            if not index.strip().isdigit() or not index.strip().isascii():
-                raise MapFileError(f"{path}, line {line}: index {index!r} is not a non-negative integer")
-            if int(index) in rows:
-                raise MapFileError(f"{path}, line {line}: index {int(index)} is labelled twice")
-            if labels is not None and label not in labels:
-                raise MapFileError(f"{path}, line {line}: label {label!r} is not one of {', '.join(labels)}")
-            rows[int(index)] = row
-    except csv.Error as e:
-        raise MapFileError(f"{path}, line {reader.line_num}: not a readable CSV ({e})") from None
-    return rows
-
-
-def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-
+@as_input_error()
 def finish(gold: Path) -> dict[str, int]:
     """maps.npz = every labelled map, from candidates.npz or already in maps.npz (maps labelled in the
     workbench go straight there); examples/<class>.png = a few maps of each class for the guide. Every output
@@ -263,7 +207,32 @@ def finish(gold: Path) -> dict[str, int]:
     return counts
 
 
-def gold_command(argv=None) -> int:
+def sample_candidates(*, run: Path, out: Path, split: str = "val", n: int = 240, max_examples: int = 60,
+                      seed: int = 0, model: Path | None = None) -> int:
+    """`sample`: sample_maps into out/candidates.npz and out/candidates.csv, numbered after the maps the folder
+    already holds; returns the number of maps. Files of the user's there are refused before the long sampling."""
+    check_output_file(out / "candidates.npz", "gold sample", _is_candidates_npz)
+    check_output_file(out / "candidates.csv", "gold sample", _is_candidates_csv)
+    with as_input_error():
+        records, rows = sample_maps(run, split, n, max_examples, seed, model, first_index=next_free_index(out))
+        if not records:
+            raise MapFileError(f"--run {run}: no maps sampled from the first {max_examples} examples of the "
+                               f"{split!r} split (is it empty?); nothing written")
+        out.mkdir(parents=True, exist_ok=True)
+        write_maps(out / "candidates.npz", records)
+        write_csv(out / "candidates.csv", rows, list(PROVENANCE))
+    return len(records)
+
+
+@as_input_error()
+def draw_sheets(*, maps: Path, out: Path, labels: Path | None = None) -> list[Path]:
+    """`sheets`: contact sheets of a maps file in `out`, each map titled with its label from `labels` if given."""
+    records = read_maps(maps)
+    titles = {i: row["label"] for i, row in read_labels(labels).items()} if labels else None
+    return write_sheets(records, out, titles)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sample", help="pick candidate maps from a run")
@@ -287,36 +256,25 @@ def gold_command(argv=None) -> int:
                 s.error(f"{option} must be at least 1, not {value}")
         if args.seed < 0:
             s.error(f"--seed must be a non-negative integer, not {args.seed}")
-        # before the (long) sampling: never replace files of the user's
-        check_output_file(args.out / "candidates.npz", "gold sample", _is_candidates_npz)
-        check_output_file(args.out / "candidates.csv", "gold sample", _is_candidates_csv)
-    try:
-        if args.command == "sample":
-            records, rows = sample_maps(args.run, args.split, args.n, args.max_examples, args.seed, args.model,
-                                        first_index=next_free_index(args.out))
-            if not records:
-                raise MapFileError(f"--run {args.run}: no maps sampled from the first {args.max_examples} "
-                                   f"examples of the {args.split!r} split (is it empty?); nothing written")
-            args.out.mkdir(parents=True, exist_ok=True)
-            write_maps(args.out / "candidates.npz", records)
-            write_csv(args.out / "candidates.csv", rows, list(PROVENANCE))
-            print(f"{len(records)} candidate maps in {args.out / 'candidates.npz'}")
-        elif args.command == "sheets":
-            records = read_maps(args.maps)
-            titles = ({i: row["label"] for i, row in read_labels(args.labels).items()} if args.labels else None)
-            paths = write_sheets(records, args.out, titles)
-            print(f"{len(paths)} sheets in {args.out}")
-        else:
-            counts = finish(args.gold)
-            print(f"{args.gold / 'maps.npz'}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    except (FileNotFoundError, ValueError, MapFileError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return args
+
+
+def _cli(argv=None) -> None:
+    args = parse_args(argv)
+    if args.command == "sample":
+        count = sample_candidates(run=args.run, out=args.out, split=args.split, n=args.n,
+                                  max_examples=args.max_examples, seed=args.seed, model=args.model)
+        print(f"{count} candidate maps in {args.out / 'candidates.npz'}")
+    elif args.command == "sheets":
+        paths = draw_sheets(maps=args.maps, out=args.out, labels=args.labels)
+        print(f"{len(paths)} sheets in {args.out}")
+    else:
+        counts = finish(args.gold)
+        print(f"{args.gold / 'maps.npz'}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 def main(argv=None) -> int:
-    return run_command(gold_command, argv)
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ metadata, and OUT with suffixes .eval.json / .eval.md.
 Gold set (made by hand from a trained model; see analyses/README.md): GOLD/maps.npz in the analyses.mapfile
 format and GOLD/labels.csv with columns index,label (more columns, e.g. run, example, layer, head, labeller,
 note, are kept but unused); label is one of the six patterns, or "skip" for maps left out.
+
+`load_classifier()` is how every other module gets a classifier: with no path the default one, trained here on
+first use (`train_classifier(out=DEFAULT_MODEL, gold_folds=0, write_report=False)`).
 """
 from __future__ import annotations
 
@@ -31,10 +34,10 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from analyses.classifier import DEFAULT_MODEL, USED_FEATURES, fit, metadata_path
-from analyses.gold import read_labels
+from analyses.classifier import DEFAULT_MODEL, USED_FEATURES, HeadClassifier, fit, metadata_path
+from analyses.goldset import read_labels
 from analyses.mapfile import MapFileError, read_maps
-from analyses.patterns import PATTERNS, map_features
+from analyses.patterns import FEATURE_NAMES, FEATURE_VERSION, PATTERNS, map_features
 from analyses.rules import rule_predict
 from analyses.synthetic import synthetic_features
 from uniter_core.cli import exit_with, run_command
@@ -94,20 +97,21 @@ def evaluate(classifier, x: np.ndarray, y: np.ndarray, description: str, predict
             "classifier": scores(y, predicted), "rules": scores(y, rule_predict(x))}
 
 
-def cross_validated_predictions(x, y, w, gx, gy, args) -> np.ndarray:
+def cross_validated_predictions(x, y, w, gx, gy, *, folds: int, seed: int, gold_weight: float, trees: int,
+                                features: str) -> np.ndarray:
     """Out-of-fold predictions of the gold maps: fold k is predicted by a model trained without it."""
-    folds = StratifiedKFold(n_splits=args.gold_folds, shuffle=True, random_state=args.seed)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     predicted = np.empty(len(gy), dtype=object)
-    for train, test in folds.split(gx, gy):
+    for train, test in splitter.split(gx, gy):
         model = fit(np.concatenate([x, gx[train]]), np.concatenate([y, gy[train]]),
-                    sample_weight=np.concatenate([w, np.full(len(train), args.gold_weight)]), seed=args.seed,
-                    trees=args.trees, used_features=args.features)
+                    sample_weight=np.concatenate([w, np.full(len(train), gold_weight)]), seed=seed,
+                    trees=trees, used_features=features)
         predicted[test] = model.predict(gx[test])
     return predicted.astype(str)
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Head-pattern classifier: evaluation", "", f"Model: `{report['model']}`  ",
+    lines = ["# Head-pattern classifier: evaluation", "", f"Model: `{report['model']}`  ",
              f"Training: {report['training']['description']}", ""]
     if report["note"]:
         lines += [f"**{report['note']}**", ""]
@@ -151,7 +155,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="write only the model and its metadata, not OUT.eval.json / .eval.md (the first-use "
                         "training, which must not overwrite the committed cross-validated report)")
     args = p.parse_args(argv)
-    args.gold_dir, args.out = Path(shown(args.gold_dir)), Path(shown(args.out))
     if not 0 < args.gold_test_fraction <= 1:
         p.error("--gold-test-fraction must lie in (0, 1]")
     if args.gold_folds < 0 or args.gold_folds > 20:
@@ -193,94 +196,134 @@ def _is_report(path: Path) -> bool:
     return value is not None and "evaluations" in value
 
 
-def check_outputs(args: argparse.Namespace) -> None:
+def check_outputs(out: Path, write_report: bool = True) -> None:
     """Refuse to overwrite a model, metadata or report file this command did not write."""
-    check_output_file(args.out, "train_classifier", _is_classifier)
-    check_output_file(metadata_path(args.out), "train_classifier", _is_metadata, what="--out's metadata")
-    if not args.no_report:
-        for report in (args.out.with_suffix(".eval.json"), args.out.with_suffix(".eval.md")):
+    check_output_file(out, "train_classifier", _is_classifier)
+    check_output_file(metadata_path(out), "train_classifier", _is_metadata, what="--out's metadata")
+    if write_report:
+        for report in (out.with_suffix(".eval.json"), out.with_suffix(".eval.md")):
             check_output_file(report, "train_classifier", _is_report, what="--out's report")
 
 
-def train_classifier_command(argv=None) -> int:
-    args = parse_args(argv)
-    check_outputs(args)
+def train_classifier(*, gold_dir: Path = DEFAULT_GOLD, out: Path = DEFAULT_MODEL, n_synthetic: int = 6000,
+                     n_test: int = 1800, gold_folds: int = 5, gold_test_fraction: float = 0.5,
+                     gold_weight: float = 5.0, trees: int = 300, features: str = "scalar", seed: int = 0,
+                     write_report: bool = True) -> dict:
+    """Train and save the classifier at `out` (with OUT.eval.json / .eval.md unless write_report is False) and
+    return its report: what it was trained on, and its scores against the rules' (see the module docstring).
+    Paths are shown relative to the working directory in the report; MapFileError for an unusable gold set."""
+    gold_dir, out = Path(shown(gold_dir)), Path(shown(out))
+    check_outputs(out, write_report)
     start = time.time()
-    try:
-        gold = load_gold(args.gold_dir)
-    except MapFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    x, y = synthetic_features(args.n_synthetic, seed=args.seed)
+    gold = load_gold(gold_dir)
+    x, y = synthetic_features(n_synthetic, seed=seed)
     weights = np.ones(len(y))
-    training = {"synthetic": {"n": args.n_synthetic, "seed": args.seed, "sharpness": "mixed"}}
-    description = f"{args.n_synthetic} synthetic maps (seed {args.seed}, sharp and diffuse)"
+    training = {"synthetic": {"n": n_synthetic, "seed": seed, "sharpness": "mixed"}}
+    description = f"{n_synthetic} synthetic maps (seed {seed}, sharp and diffuse)"
     evaluations = []
     cv_predicted = None
     if gold is not None:
         gx, gy = gold
         counts = pd.Series(gy).value_counts()
-        if args.gold_folds >= 2 and counts.min() < args.gold_folds:
-            print(f"error: {args.gold_dir}/labels.csv: class {counts.idxmin()!r} has {counts.min()} maps, fewer than "
-                  f"--gold-folds {args.gold_folds}", file=sys.stderr)
-            return 2
-        if args.gold_folds >= 2 or args.gold_folds == 0:
-            if args.gold_folds >= 2:
-                cv_predicted = cross_validated_predictions(x, y, weights, gx, gy, args)
+        if gold_folds >= 2 and counts.min() < gold_folds:
+            raise MapFileError(f"{gold_dir}/labels.csv: class {counts.idxmin()!r} has {counts.min()} maps, fewer "
+                               f"than --gold-folds {gold_folds}")
+        if gold_folds >= 2 or gold_folds == 0:
+            if gold_folds >= 2:
+                cv_predicted = cross_validated_predictions(x, y, weights, gx, gy, folds=gold_folds, seed=seed,
+                                                           gold_weight=gold_weight, trees=trees, features=features)
             gx_test, gy_test = gx, gy
             x, y = np.concatenate([x, gx]), np.concatenate([y, gy])
-            weights = np.concatenate([weights, np.full(len(gy), args.gold_weight)])
-            description += f" + all {len(gy)} gold maps from {args.gold_dir} (weight {args.gold_weight})"
-        elif args.gold_test_fraction < 1:
-            counts = pd.Series(gy).value_counts()
+            weights = np.concatenate([weights, np.full(len(gy), gold_weight)])
+            description += f" + all {len(gy)} gold maps from {gold_dir} (weight {gold_weight})"
+        elif gold_test_fraction < 1:
             stratify = gy if counts.min() >= 2 else None
             gx_train, gx_test, gy_train, gy_test = train_test_split(
-                gx, gy, test_size=args.gold_test_fraction, random_state=args.seed, stratify=stratify)
+                gx, gy, test_size=gold_test_fraction, random_state=seed, stratify=stratify)
             x, y = np.concatenate([x, gx_train]), np.concatenate([y, gy_train])
-            weights = np.concatenate([weights, np.full(len(gy_train), args.gold_weight)])
-            description += f" + {len(gy_train)} gold maps from {args.gold_dir} (weight {args.gold_weight})"
+            weights = np.concatenate([weights, np.full(len(gy_train), gold_weight)])
+            description += f" + {len(gy_train)} gold maps from {gold_dir} (weight {gold_weight})"
         else:
             gx_test, gy_test = gx, gy
-        n_train = len(gy) if args.gold_folds != 1 else len(gy) - len(gy_test)
-        training["gold"] = {"dir": str(args.gold_dir), "n_total": int(len(gy)), "n_train": int(n_train),
-                            "folds": args.gold_folds, "weight": args.gold_weight,
-                            "test_fraction": args.gold_test_fraction if args.gold_folds == 1 else None}
+        n_train = len(gy) if gold_folds != 1 else len(gy) - len(gy_test)
+        training["gold"] = {"dir": str(gold_dir), "n_total": int(len(gy)), "n_train": int(n_train),
+                            "folds": gold_folds, "weight": gold_weight,
+                            "test_fraction": gold_test_fraction if gold_folds == 1 else None}
     training["description"] = description
-    classifier = fit(x, y, sample_weight=weights, seed=args.seed, trees=args.trees, used_features=args.features,
+    classifier = fit(x, y, sample_weight=weights, seed=seed, trees=trees, used_features=features,
                      training=training)
     note = ""
     if gold is not None and cv_predicted is not None:
-        evaluations.append(evaluate(None, gx_test, gy_test, f"held-out gold maps from {args.gold_dir}, "
-                                    f"{args.gold_folds}-fold cross-validation", predicted=cv_predicted))
-    elif gold is not None and args.gold_folds == 1:
-        evaluations.append(evaluate(classifier, gx_test, gy_test, f"held-out gold maps from {args.gold_dir}"))
+        evaluations.append(evaluate(None, gx_test, gy_test, f"held-out gold maps from {gold_dir}, "
+                                    f"{gold_folds}-fold cross-validation", predicted=cv_predicted))
+    elif gold is not None and gold_folds == 1:
+        evaluations.append(evaluate(classifier, gx_test, gy_test, f"held-out gold maps from {gold_dir}"))
     elif gold is not None:
-        note = f"Trained on all of {args.gold_dir} without a gold evaluation (--gold-folds 0)."
+        note = f"Trained on all of {gold_dir} without a gold evaluation (--gold-folds 0)."
     if gold is None:
-        note = (f"No gold set at {args.gold_dir}: trained on synthetic maps only and evaluated on a held-out "
+        note = (f"No gold set at {gold_dir}: trained on synthetic maps only and evaluated on a held-out "
                 f"synthetic split. These numbers show how well the classifier learned the generator, not how "
                 f"well it labels real attention heads.")
-    test_seed = args.seed + SYNTHETIC_TEST_SEED_OFFSET
-    for sharpness, n in (("mixed", args.n_test), ("sharp", max(6, args.n_test // 3))):
+    test_seed = seed + SYNTHETIC_TEST_SEED_OFFSET
+    for sharpness, n in (("mixed", n_test), ("sharp", max(6, n_test // 3))):
         tx, ty = synthetic_features(n, seed=test_seed, sharpness=sharpness)
         evaluations.append(evaluate(classifier, tx, ty, f"held-out synthetic maps, {sharpness} (seed {test_seed})"))
-    classifier.save(args.out)
-    report = {"model": str(args.out), "metadata": classifier.metadata, "training": training, "note": note,
+    classifier.save(out)
+    report = {"model": str(out), "metadata": classifier.metadata, "training": training, "note": note,
               "classes": list(PATTERNS), "evaluations": evaluations, "seconds": round(time.time() - start, 1)}
-    if not args.no_report:
-        write_json(args.out.with_suffix(".eval.json"), report)
-        write_text(args.out.with_suffix(".eval.md"), markdown(report) + "\n")
-    main_eval = evaluations[0]
-    print(f"{args.out}: macro-F1 {main_eval['classifier']['macro_f1']:.3f} (rules "
-          f"{main_eval['rules']['macro_f1']:.3f}) on {main_eval['description']}" +
-          ("" if args.no_report else f"; report in {args.out.with_suffix('.eval.md')}"))
-    if note:
-        print(note)
-    return 0
+    if write_report:
+        write_json(out.with_suffix(".eval.json"), report)
+        write_text(out.with_suffix(".eval.md"), markdown(report) + "\n")
+    return report
+
+
+def summary(report: dict, with_report: bool = True) -> str:
+    """What the command prints about a train_classifier report: the first evaluation's macro-F1 against the
+    rules', where the report went (with_report), and the report's note."""
+    out, first = Path(report["model"]), report["evaluations"][0]
+    line = (f"{out}: macro-F1 {first['classifier']['macro_f1']:.3f} (rules {first['rules']['macro_f1']:.3f}) on "
+            f"{first['description']}" + (f"; report in {out.with_suffix('.eval.md')}" if with_report else ""))
+    return f"{line}\n{report['note']}" if report["note"] else line
+
+
+# ------------------------------------------------------------------------------------------ the default model
+def load_classifier(path: str | Path | None = None) -> HeadClassifier:
+    """The classifier at `path`; with no path the default one (DEFAULT_MODEL), trained and saved first when it is
+    missing or made for other features (about 30 s; its cross-validated report beside it is committed)."""
+    if path is not None:
+        return HeadClassifier.load(path)
+    problem = default_model_problem()
+    if problem:
+        print(f"{DEFAULT_MODEL}: {problem}: training the default one first", file=sys.stderr)
+        # on all gold maps, without evaluation: the cross-validated report beside it is committed
+        print(summary(train_classifier(out=DEFAULT_MODEL, gold_folds=0, write_report=False), with_report=False))
+    return HeadClassifier.load(DEFAULT_MODEL)
+
+
+def default_model_problem() -> str | None:
+    """Why the default classifier must be (re)trained: missing, or made for another feature version."""
+    meta_file = metadata_path(DEFAULT_MODEL)
+    if not DEFAULT_MODEL.is_file() or not meta_file.is_file():
+        return "no classifier yet"
+    metadata = _json_object(meta_file)
+    if metadata is None:
+        return "unreadable metadata"
+    if metadata.get("feature_version") != FEATURE_VERSION or metadata.get("feature_names") != FEATURE_NAMES:
+        return f"made for feature version {metadata.get('feature_version')}, this code computes {FEATURE_VERSION}"
+    return None
+
+
+def _cli(argv=None) -> None:
+    args = parse_args(argv)
+    report = train_classifier(
+        gold_dir=args.gold_dir, out=args.out, n_synthetic=args.n_synthetic, n_test=args.n_test,
+        gold_folds=args.gold_folds, gold_test_fraction=args.gold_test_fraction, gold_weight=args.gold_weight,
+        trees=args.trees, features=args.features, seed=args.seed, write_report=not args.no_report)
+    print(summary(report, with_report=not args.no_report))
 
 
 def main(argv=None) -> int:
-    return run_command(train_classifier_command, argv)
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":

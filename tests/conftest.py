@@ -27,6 +27,42 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """A small head-pattern classifier trained on synthetic maps."""
+    from analyses.classifier import fit
+    from analyses.synthetic import synthetic_features
+
+    x, y = synthetic_features(600, seed=0)
+    path = tmp_path_factory.mktemp("clf") / "clf.joblib"
+    fit(x, y, trees=20).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_corpus, tmp_path_factory) -> Path:
+    """A run folder as uniter_core.train leaves it, holding a tiny random model."""
+    import torch
+    from uniter_core.config import UniterConfig
+    from uniter_core.io import write_json
+    from uniter_core.pretrain import UniterForPretraining
+    from uniter_core.train_config import TrainConfig
+    from uniter_core.train_state import CheckpointManager
+
+    torch.manual_seed(0)
+    overrides = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    model = UniterForPretraining(UniterConfig.from_preset("uniter-mini", **overrides))
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    CheckpointManager(run_dir).save(1, model, optimizer, scheduler, extra={})
+    config = TrainConfig()
+    config.data.corpus = str(tiny_corpus)
+    config.model.overrides = overrides
+    write_json(run_dir / "train_config.json", config.to_dict())
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def workbench_env(tiny_corpus, tmp_path_factory) -> dict[str, str]:
     """The WORKBENCH_* variables of a tiny but real setting for the app: a run trained for a few steps with
@@ -47,5 +83,14 @@ def workbench_env(tiny_corpus, tmp_path_factory) -> dict[str, str]:
             "WORKBENCH_GOLD_DIR": str(root / "gold"), "WORKBENCH_STATS_ROOT": str(root / "stats")}
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "disk_size(size): size of the small tmpfs of the small_disk fixture, e.g. 400k")
+
+
+# Tests that need the tiny corpus (real CNN features, about a minute to build) or a trained run are slow by
+# what they use; the rest of the slow ones carry @pytest.mark.slow. `pytest -m "not slow"` is the quick part.
+SLOW_FIXTURES = {"tiny_corpus", "tiny_run", "workbench_env"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

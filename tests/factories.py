@@ -82,3 +82,13 @@ def write_csv(path, captions=CAPTIONS, header=("image", "caption")):
         writer.writerow(header)
         writer.writerows(captions)
     return path
+
+
+# ------------------------------------------------------------------------------------------ attention maps
+def sharp_records(n=12, seed=9):
+    """(MapRecords, true labels) of n synthetic maps with sharp patterns, as a maps file holds them."""
+    from analyses.mapfile import MapRecord
+    from analyses.synthetic import generate
+
+    maps = list(generate(n, seed=seed, sharpness="sharp"))
+    return [MapRecord(i, m.map, m.n_text, m.n_regions) for i, m in enumerate(maps)], [m.label for m in maps]

@@ -8,19 +8,15 @@ import pytest
 import torch
 
 from analyses import classify_maps, collapse, export_stats, train_classifier
-from uniter_core.runs import load_run
-from analyses.classifier import fit
-from analyses.mapfile import MapRecord, read_maps, write_maps
+from analyses.mapfile import read_maps, write_maps
 from analyses.patterns import HEAD_STATS, PATTERNS
-from analyses.synthetic import generate, synthetic_features
+from factories import sharp_records
 from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.errors import UserError
 from uniter_core.io import write_json
 from uniter_core.pretrain import UniterForPretraining
-from uniter_core.train_config import TrainConfig
-from uniter_core.train_state import CheckpointManager
-
+from uniter_core.runs import load_run
 
 
 def run(module, argv, capsys):
@@ -29,19 +25,6 @@ def run(module, argv, capsys):
     except SystemExit as e:
         code = e.code
     return code, capsys.readouterr()
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    x, y = synthetic_features(600, seed=0)
-    path = tmp_path_factory.mktemp("clf") / "clf.joblib"
-    fit(x, y, trees=20).save(path)
-    return path
-
-
-def sharp_records(n=12, seed=9):
-    maps = list(generate(n, seed=seed, sharpness="sharp"))
-    return [MapRecord(i, m.map, m.n_text, m.n_regions) for i, m in enumerate(maps)], [m.label for m in maps]
 
 
 def test_classify_maps_good_file(tmp_path, model_path, capsys):
@@ -104,6 +87,7 @@ def test_classify_maps_bad_model(tmp_path, capsys):
     assert code == 2 and "no saved classifier" in captured.err and not (tmp_path / "o.csv").exists()
 
 
+@pytest.mark.slow
 def test_train_classifier_synthetic_only_and_with_gold(tmp_path, capsys):
     small = ["--n-synthetic", 120, "--n-test", 30, "--trees", 10]
     out = tmp_path / "m" / "clf.joblib"
@@ -142,23 +126,6 @@ def test_train_classifier_synthetic_only_and_with_gold(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------- export_stats
-@pytest.fixture(scope="module")
-def tiny_run(tiny_corpus, tmp_path_factory):
-    """A run folder as uniter_core.train leaves it, holding a tiny random model."""
-    torch.manual_seed(0)
-    overrides = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64)
-    model = UniterForPretraining(UniterConfig.from_preset("uniter-mini", **overrides))
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    CheckpointManager(run_dir).save(1, model, optimizer, scheduler, extra={})
-    config = TrainConfig()
-    config.data.corpus = str(tiny_corpus)
-    config.model.overrides = overrides
-    write_json(run_dir / "train_config.json", config.to_dict())
-    return run_dir
-
-
 def test_load_run(tiny_run, tiny_corpus):
     run = load_run(tiny_run)
     assert run.corpus == tiny_corpus and run.model.config.num_hidden_layers == 2
@@ -254,26 +221,26 @@ def test_bench_extract_prints_the_overhead(tiny_run, model_path, capsys):
 def test_default_classifier_is_retrained_when_missing_or_stale_without_touching_the_report(tmp_path, monkeypatch):
     from analyses import classifier as classifier_module
     default = tmp_path / "models" / "head_classifier.joblib"
-    monkeypatch.setattr(classifier_module, "DEFAULT_MODEL", default)
-    real_main = train_classifier.train_classifier_command
+    monkeypatch.setattr(train_classifier, "DEFAULT_MODEL", default)
+    real_train = train_classifier.train_classifier
     calls = []
 
-    def small_main(argv):  # the real training, on a small synthetic set and without the repository's gold set
-        calls.append(argv)
-        return real_main([*argv, "--n-synthetic", "120", "--n-test", "30", "--trees", "5",
-                          "--gold-dir", str(tmp_path / "nogold")])
+    def small_train(**kwargs):  # the real training, on a small synthetic set and without the repository's gold set
+        calls.append(kwargs)
+        return real_train(**{**kwargs, "n_synthetic": 120, "n_test": 30, "trees": 5,
+                             "gold_dir": tmp_path / "nogold"})
 
-    monkeypatch.setattr(train_classifier, "train_classifier_command", small_main)
+    monkeypatch.setattr(train_classifier, "train_classifier", small_train)
     report = default.with_suffix(".eval.md")
     report.parent.mkdir(parents=True)
     report.write_text("committed report")
-    first = classifier_module.load_classifier()
-    assert len(calls) == 1 and "--no-report" in calls[0] and first.metadata["n_train"] == 120
-    classifier_module.load_classifier()
+    first = train_classifier.load_classifier()
+    assert len(calls) == 1 and calls[0]["write_report"] is False and first.metadata["n_train"] == 120
+    train_classifier.load_classifier()
     assert len(calls) == 1  # current: loaded, not retrained
     meta = classifier_module.metadata_path(default)
     meta.write_text(meta.read_text().replace('"feature_version": ', '"feature_version": 0, "old": '))
-    classifier_module.load_classifier()
+    train_classifier.load_classifier()
     assert len(calls) == 2  # stale feature version: retrained
     assert report.read_text() == "committed report"
 

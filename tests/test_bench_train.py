@@ -1,6 +1,10 @@
 """The training-throughput benchmark runs end to end on CPU and prints every variant and the ratio."""
+import pytest
+
 from uniter_core import bench_train
 from uniter_core.model import UniterSelfAttention
+
+pytestmark = pytest.mark.slow  # each test times a training benchmark (seconds to a minute)
 
 
 def test_bench_train_prints_every_variant_and_the_ratio(capsys):

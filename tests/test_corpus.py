@@ -66,6 +66,7 @@ def test_relations_follow_box_centres():
     assert opposite[forward] == backward
 
 
+@pytest.mark.slow
 def test_build_is_deterministic_and_complete(tmp_path):
     build_corpus.main(["--out", str(tmp_path / "a"), *ARGS])
     build_corpus.main(["--out", str(tmp_path / "b"), *ARGS])
@@ -90,6 +91,7 @@ def test_build_is_deterministic_and_complete(tmp_path):
     assert not np.array_equal(store_a[store_a.image_ids[0]]["features"], store_c[store_c.image_ids[0]]["features"])
 
 
+@pytest.mark.slow
 def test_interrupted_build_resumes_from_finished_shards(tmp_path, monkeypatch):
     out = tmp_path / "corpus"
     real_write = FeatureStoreWriter.write_shard

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from faults import assert_failed_cleanly, leftovers, tree_digest
-from test_analyses_cli import model_path, sharp_records, tiny_run  # noqa: F401  (fixtures and a helper)
+from factories import sharp_records
 
 from analyses import classify_maps, collapse, gold, train_classifier
 from analyses.classifier import metadata_path

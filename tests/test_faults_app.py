@@ -373,7 +373,7 @@ def test_stats_folder_with_broken_files(open_app, tmp_path):
 def test_a_damaged_newest_checkpoint_is_named_and_the_older_one_shown(open_app, workbench_env, tmp_path):
     """The app says which checkpoint it skipped and why, and which one it shows (a browser user found it silent)."""
     from uniter_core import train
-    from test_train import tiny_overrides
+    from factories import tiny_overrides
     config = json.loads((Path(workbench_env["WORKBENCH_RUN"]) / "train_config.json").read_text())
     run = tmp_path / "run"
     assert train.main(["--out", str(run), "--no-eval", *tiny_overrides(Path(config["data"]["corpus"]), steps=4,

@@ -329,6 +329,7 @@ def _corpus_shard_written(out: Path):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_signal_during_the_corpus_build_keeps_a_resumable_partial(tmp_path, sig, code):
     out = tmp_path / "corpus"
     result = run_and_signal("uniter_core.data.build_corpus", "--out", out, *CORPUS_ARGS, "--shard-size", "1",
@@ -342,6 +343,7 @@ def test_signal_during_the_corpus_build_keeps_a_resumable_partial(tmp_path, sig,
     assert not leftovers(tmp_path)
 
 
+@pytest.mark.slow
 def test_sigkill_during_the_corpus_build_then_rerun(tmp_path):
     out = tmp_path / "corpus"
     result = run_and_signal("uniter_core.data.build_corpus", "--out", out, *CORPUS_ARGS, "--shard-size", "1",
@@ -352,6 +354,7 @@ def test_sigkill_during_the_corpus_build_then_rerun(tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.slow
 def test_signal_during_extraction_then_resume(tmp_path, sig):
     from factories import write_csv
     import skimage.data
@@ -482,6 +485,7 @@ def small_disk(tmp_path, request):
 
 
 @pytest.mark.disk_size("400k")
+@pytest.mark.slow
 def test_a_full_disk_during_the_corpus_build(small_disk, tmp_path):
     out = small_disk / "corpus"
     result = run("uniter_core.data.build_corpus", "--out", out, *CORPUS_ARGS, "--shard-size", "1")

@@ -258,6 +258,7 @@ print("read everything")
 
 
 @pytest.mark.parametrize("which", ["image", "text"])
+@pytest.mark.slow
 def test_truncated_lmdb_is_refused_not_a_sigbus(tmp_path, which):
     """Read in a subprocess, so that a SIGBUS shows as a negative exit code instead of killing pytest."""
     img, txt = _official_dbs(tmp_path)
@@ -287,6 +288,7 @@ def test_damaged_lmdb_is_refused_on_open(tmp_path, damage):
 
 
 @pytest.mark.parametrize("which", ["image"])  # the text DB's reader is shown truncated above
+@pytest.mark.slow
 def test_converter_command_on_a_truncated_lmdb(tmp_path, which):
     img, txt = _official_dbs(tmp_path, compress=True)
     data = (img / "feat_th0.2_max100_min10_compressed" if which == "image" else txt) / "data.mdb"
@@ -395,6 +397,7 @@ def test_csv_captions_with_odd_content(tmp_path, content, where):
     raises_naming(InputError, lambda: load_captions(path), path, where)
 
 
+@pytest.mark.slow
 def test_extract_command_on_a_nul_csv(tmp_path):
     (tmp_path / "images").mkdir()
     path = tmp_path / "captions.csv"
@@ -457,6 +460,7 @@ def test_gold_sheets_command_on_a_broken_labels_csv(tmp_path):
     assert_failed_cleanly(result, 2, gold / "labels.csv", "line 3")
 
 
+@pytest.mark.slow
 def test_classify_maps_command_on_a_truncated_maps_file(tmp_path):
     gold = _gold_dir(tmp_path, b"index,label\n")
     maps = gold / "maps.npz"

@@ -33,6 +33,7 @@ def top5(model, tokenizer, text: str) -> list[str]:
     return tokenizer.convert_ids_to_tokens(scores[0].topk(5).indices)
 
 
+@pytest.mark.slow
 def test_mlm_head_fills_an_animal_before_pretraining(minilm):
     model, tokenizer = minilm
     words = top5(model, tokenizer, "a [MASK] is sitting on the mat")

@@ -15,6 +15,8 @@ import pytest
 
 from uniter_core.ot.check import fresh_seed
 
+pytestmark = pytest.mark.slow  # each test runs Triton's interpreter or compiler (seconds to a minute)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

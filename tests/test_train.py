@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from uniter_core import train
 from uniter_core.data.dataset import ImageTextDataset
@@ -18,7 +17,7 @@ from uniter_core.io import read_jsonl
 from uniter_core.runs import build_model
 from uniter_core.train_config import ConfigError, config_from_dict, load_config
 
-from factories import REPO, TINY_MODEL, final_weights, losses, tiny_overrides  # noqa: F401 (TINY_MODEL)
+from factories import REPO, final_weights, losses, tiny_overrides
 
 def _command(out: Path, overrides: list[str], *extra: str) -> list[str]:
     return [sys.executable, "-m", "uniter_core.train", "--out", str(out), "--no-eval", *extra, *overrides]

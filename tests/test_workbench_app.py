@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from analyses import goldset
 from analyses.mapfile import read_maps
 from analyses.patterns import PATTERNS
-from workbench import compute, loaders, plots, ui
+from workbench import loaders, plots, ui
 
 APP = Path(__file__).resolve().parents[1] / "workbench" / "app.py"
 
@@ -238,14 +239,14 @@ def test_missing_demo_run_says_how_to_make_it():
 def test_gold_labels_round_trip_and_relabel(tmp_path):
     a = np.full((5, 5), 0.2, np.float32)
     where = {"run": "r", "split": "test", "example": 0, "layer": 1, "head": 2}
-    assert compute.add_gold_label(tmp_path, a, 3, 2, "block", where) == 0
-    assert compute.add_gold_label(tmp_path, a, 3, 2, "diagonal", {**where, "head": 3}) == 1
-    assert compute.add_gold_label(tmp_path, a, 3, 2, "vertical", where) == 0  # relabelled, not duplicated
-    table = compute.read_gold_labels(tmp_path)
+    assert goldset.add_gold_label(tmp_path, a, 3, 2, "block", where) == 0
+    assert goldset.add_gold_label(tmp_path, a, 3, 2, "diagonal", {**where, "head": 3}) == 1
+    assert goldset.add_gold_label(tmp_path, a, 3, 2, "vertical", where) == 0  # relabelled, not duplicated
+    table = goldset.read_gold_labels(tmp_path)
     assert list(table["label"]) == ["vertical", "diagonal"] and len(read_maps(tmp_path / "maps.npz")) == 2
-    assert compute.labelled_keys(table) == {("r", "test", 0, 1, 2), ("r", "test", 0, 1, 3)}
+    assert goldset.labelled_keys(table) == {("r", "test", 0, 1, 2), ("r", "test", 0, 1, 3)}
     with pytest.raises(ValueError, match="unknown label"):
-        compute.add_gold_label(tmp_path, a, 3, 2, "stripes", where)
+        goldset.add_gold_label(tmp_path, a, 3, 2, "stripes", where)
 
 
 def test_plot_builders():

@@ -134,6 +134,16 @@ def _flush_stdout() -> bool:
     return False
 
 
+def settings_from_args(parser, args, settings_class):
+    """A settings dataclass from the parsed arguments of the same names; its own check (a ValueError in
+    __post_init__) becomes the parser's usage error, as a bad flag would."""
+    from dataclasses import fields
+    try:
+        return settings_class(**{f.name: getattr(args, f.name) for f in fields(settings_class)})
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def output_path(text: str):
     """argparse type of --out: a path, never the empty string (which would mean the working directory)."""
     import argparse

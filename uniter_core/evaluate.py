@@ -25,7 +25,7 @@ import torch
 from uniter_core.cli import exit_with, run_command
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.errors import UserError
-from uniter_core.io import read_json, write_json
+from uniter_core.io import write_json
 from uniter_core.ot import cost_matrix_cosine, ipot
 from uniter_core.pretrain import UniterForPretraining, split_text_regions
 from uniter_core.runs import build_model, newest_loadable_model, read_run_config, run_corpus, to_device

@@ -11,7 +11,7 @@ task keys:
   itm              targets [B] (1 = matching image); with WRA txt_pad [B, max_txt_len] and
                    img_pad [B, max_regions], bool, True on padding (the official ot_inputs pads)
 
-`TaskSampler` picks one task per optimisation step from the mix ratios, as a pure function of (seed, step):
+`TaskStream` is one task's endless token-bucketed batches. `TaskSampler` picks one task per optimisation step from the mix ratios, as a pure function of (seed, step):
 every rank draws the same task, and a resumed run continues the same sequence.
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ import math
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from uniter_core.config import UniterConfig
-from uniter_core.data.dataset import collate
+from uniter_core.data.dataset import TokenBucketSampler, collate
 from uniter_core.model import SequenceLayout
 from uniter_core.masking import example_generator, mask_regions, mask_text, sample_negative_index
 
@@ -205,3 +205,46 @@ class TaskSampler:
             raise ValueError(f"task sampler state was saved with mix {state['mix']} and seed {state['seed']}, "
                              f"not {self.mix} and {self.seed}")
         self.step = state["step"]
+
+
+class TaskStream:
+    """Endless batches of one task; its position (epoch, batches consumed) is part of a checkpoint."""
+
+    def __init__(self, task: str, dataset, collate_fn, max_tokens: int, bucket_size: int, size_multiple: int,
+                 seed: int, num_workers: int = 0, rank: int = 0, world_size: int = 1):
+        self.task = task
+        self.dataset = dataset
+        self.sampler = TokenBucketSampler(dataset.lengths(), max_tokens, bucket_size, size_multiple, seed=seed,
+                                          rank=rank, world_size=world_size)
+        self.collate_fn = collate_fn
+        self.num_workers = num_workers
+        self.epoch, self.consumed = 0, 0
+        self._iterator = None
+
+    def _start(self) -> None:
+        self.sampler.set_epoch(self.epoch, start_batch=self.consumed)
+        self.dataset.set_epoch(self.epoch)
+        # A private generator: creating a loader iterator draws a seed, which must not come from the global
+        # RNG (that would shift dropout masks depending on when each task's stream happened to start).
+        generator = torch.Generator().manual_seed(self.sampler.seed * 7919 + self.epoch)
+        loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collate_fn,
+                            num_workers=self.num_workers, persistent_workers=False, generator=generator)
+        self._iterator = iter(loader)
+
+    def next_batch(self) -> dict:
+        if self._iterator is None:
+            self._start()
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.epoch, self.consumed = self.epoch + 1, 0
+            self._start()
+            batch = next(self._iterator)
+        self.consumed += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.consumed, self._iterator = state["epoch"], state["consumed"], None

@@ -21,66 +21,22 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from uniter_core.config import UniterConfig
-from uniter_core.data.dataset import ImageTextDataset, TokenBucketSampler
+from uniter_core.data.dataset import ImageTextDataset
 from uniter_core.cli import StopRequest, describe_os_error, exit_with, output_path, run_command
 from uniter_core.errors import EnvironmentFailure, Interrupted, UserError
 from uniter_core.io import write_json
 from uniter_core.optim import build_optimizer, build_scheduler
 from uniter_core.outputs import check_writable_location
 from uniter_core.pretrain import task_loss
-from uniter_core.tasks import TaskSampler, build_task_dataset
+from uniter_core.tasks import TaskSampler, TaskStream, build_task_dataset
 from uniter_core.train_config import ConfigError, TrainConfig, load_config
 from uniter_core.evaluate import evaluate_model, write_results
 from uniter_core.runs import build_model, load_finite_model, model_config, to_device
 from uniter_core.train_state import (CheckpointError, CheckpointManager, lock_run_folder, newest_loadable,
                                      prepare_run_folder, truncate_metrics)
-
-
-class TaskStream:
-    """Endless batches of one task; its position (epoch, batches consumed) is part of a checkpoint."""
-
-    def __init__(self, task: str, dataset, collate_fn, config: TrainConfig, rank: int, world_size: int):
-        self.task = task
-        self.dataset = dataset
-        self.sampler = TokenBucketSampler(dataset.lengths(), config.batch.max_tokens, config.batch.bucket_size,
-                                          config.batch.size_multiple, seed=config.run.seed, rank=rank,
-                                          world_size=world_size)
-        self.collate_fn = collate_fn
-        self.num_workers = config.data.num_workers
-        self.epoch, self.consumed = 0, 0
-        self._iterator = None
-
-    def _start(self) -> None:
-        self.sampler.set_epoch(self.epoch, start_batch=self.consumed)
-        self.dataset.set_epoch(self.epoch)
-        # A private generator: creating a loader iterator draws a seed, which must not come from the global
-        # RNG (that would shift dropout masks depending on when each task's stream happened to start).
-        generator = torch.Generator().manual_seed(self.sampler.seed * 7919 + self.epoch)
-        loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collate_fn,
-                            num_workers=self.num_workers, persistent_workers=False, generator=generator)
-        self._iterator = iter(loader)
-
-    def next_batch(self) -> dict:
-        if self._iterator is None:
-            self._start()
-        try:
-            batch = next(self._iterator)
-        except StopIteration:
-            self.epoch, self.consumed = self.epoch + 1, 0
-            self._start()
-            batch = next(self._iterator)
-        self.consumed += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.consumed, self._iterator = state["epoch"], state["consumed"], None
 
 
 def check_data(config: TrainConfig, uniter_config: UniterConfig, where: str) -> ImageTextDataset:
@@ -179,7 +135,10 @@ class Trainer:
             if float(ratio) > 0:
                 dataset, collate_fn = build_task_dataset(task, self.train_set, self.model.config, config.run.seed)
                 try:
-                    self.streams[task] = TaskStream(task, dataset, collate_fn, config, self.rank, self.world_size)
+                    self.streams[task] = TaskStream(
+                        task, dataset, collate_fn, config.batch.max_tokens, config.batch.bucket_size,
+                        config.batch.size_multiple, config.run.seed, config.data.num_workers, self.rank,
+                        self.world_size)
                 except ValueError as error:  # the sampler's check that batch.max_tokens fits the longest example
                     raise ConfigError(f"{where}: batch.max_tokens / batch.size_multiple: {error}") from None
         self.step = 0

@@ -217,10 +217,10 @@ RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "train_config.json")  # what a ru
 
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[int]]:
-    """The records of a metrics.jsonl and the numbers of the damaged lines dropped (a line cut short by a kill,
-    a record without an integer step)."""
-    records, damaged = [], []
+def metrics_lines(path: Path):
+    """(line number, record) per non-blank line of a metrics.jsonl; the record is None for a damaged line (cut
+    short by a kill, not a JSON object, a step that is not an integer). The one reader of the log: the trainer
+    repairs it on resume, the app draws its curves."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -228,12 +228,20 @@ def read_metrics(path: Path) -> tuple[list[dict], list[int]]:
             try:
                 record = json.loads(line)
             except ValueError:
-                damaged.append(number)
+                yield number, None
                 continue
-            if isinstance(record, dict) and _is_step(record.get("step", 0)):
-                records.append(record)
-            else:
-                damaged.append(number)
+            good = isinstance(record, dict) and _is_step(record.get("step", 0))
+            yield number, record if good else None
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[int]]:
+    """The records of a metrics.jsonl and the numbers of its damaged lines (see metrics_lines)."""
+    records, damaged = [], []
+    for number, record in metrics_lines(path):
+        if record is None:
+            damaged.append(number)
+        else:
+            records.append(record)
     return records, damaged
 
 

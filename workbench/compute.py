@@ -5,6 +5,8 @@ compute and never re-implements them.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from pathlib import Path
@@ -14,20 +16,19 @@ import pandas as pd
 import torch
 
 from analyses.export_stats import aggregate, per_map_table
-from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
+from analyses.goldset import gold_key
 from analyses.patterns import PATTERNS
+from uniter_core.cli import report
 from uniter_core.data.dataset import collate
-from uniter_core.io import write_text
+from uniter_core.errors import UserError
 from uniter_core.model import SequenceLayout
 from uniter_core.ot import cost_matrix_cosine, ipot
 from uniter_core.report import ROWS
 from uniter_core.runs import to_device
+from uniter_core.train_state import metrics_lines
 
 # Display name -> uniter_core.ot solver. "auto" is IPOT as training runs it (batched on CPU, fused on CUDA).
 SOLVERS = {"IPOT": "auto", "POT Sinkhorn": "pot-sinkhorn", "POT EMD": "pot-emd"}
-LABELS = (*PATTERNS, "skip")
-GOLD_KEY = ["run", "split", "example", "layer", "head"]
-GOLD_COLUMNS = ["index", "label", *GOLD_KEY, "n_text", "n_regions", "labeller", "note"]  # as analyses.gold
 
 
 # ------------------------------------------------------------------------------------------ patterns
@@ -102,63 +103,7 @@ def solver_table(results: dict[str, dict], truth: dict[int, set[int]]) -> pd.Dat
 
 
 # ------------------------------------------------------------------------------------------ gold set
-def read_gold_labels(gold_dir: Path) -> pd.DataFrame:
-    """labels.csv of a gold folder (empty table when there is none yet); MapFileError when unreadable."""
-    labels_file = Path(gold_dir) / "labels.csv"
-    if not labels_file.exists():
-        return pd.DataFrame(columns=GOLD_COLUMNS)
-    try:
-        table = pd.read_csv(labels_file)
-    except (ValueError, OSError, UnicodeDecodeError) as error:
-        raise MapFileError(f"{labels_file}: not a readable CSV file ({error})") from None
-    if not {"index", "label"} <= set(table.columns):
-        raise MapFileError(f"{labels_file}: needs columns index,label (has {', '.join(map(str, table.columns))})")
-    for column in [c for c in ("index", *GOLD_KEY[2:]) if c in table]:  # used as integers when labelling
-        numbers = pd.to_numeric(table[column], errors="coerce")
-        missing = numbers.isna() & (table[column].notna() | (column == "index"))  # key columns may be empty
-        bad = missing | ((numbers % 1).fillna(0) != 0)
-        if bad.any():
-            raise MapFileError(f"{labels_file}: line {int(bad.to_numpy().argmax()) + 2}: column {column} must hold "
-                               f"whole numbers")
-    return table
-
-
-def gold_key(run: str, split: str, example: int, layer: int, head: int) -> tuple:
-    return (str(run), str(split), int(example), int(layer), int(head))
-
-
-def labelled_keys(table: pd.DataFrame) -> set[tuple]:
-    if not set(GOLD_KEY) <= set(table.columns):
-        return set()
-    rows = table.dropna(subset=GOLD_KEY)
-    return {gold_key(*values) for values in rows[GOLD_KEY].itertuples(index=False)}
-
-
-def add_gold_label(gold_dir: Path, attention: np.ndarray, n_text: int, n_regions: int, label: str,
-                   provenance: dict, labeller: str = "workbench") -> int:
-    """Store one labelled map in the gold set (maps.npz then labels.csv, each atomically); returns its index.
-    A map labelled before (same run, split, example, layer, head) keeps its index and gets the new label."""
-    if label not in LABELS:
-        raise ValueError(f"unknown label {label!r} (known: {', '.join(LABELS)})")
-    gold_dir = Path(gold_dir)
-    maps_file = gold_dir / "maps.npz"
-    table = read_gold_labels(gold_dir)
-    key = gold_key(*(provenance[k] for k in GOLD_KEY))
-    for row_number, values in zip(table.index, table.reindex(columns=GOLD_KEY).itertuples(index=False)):
-        if not any(pd.isna(v) for v in values) and gold_key(*values) == key:
-            table.loc[row_number, "label"] = label
-            write_text(gold_dir / "labels.csv", table.to_csv(index=False))
-            return int(table.loc[row_number, "index"])
-    records = read_maps(maps_file) if maps_file.exists() else []
-    index = max([r.index for r in records] + [int(i) for i in table["index"]] + [-1]) + 1
-    write_maps(maps_file, records + [MapRecord(index, np.asarray(attention, np.float32), n_text, n_regions)])
-    row = {"index": index, "label": label, **{k: provenance[k] for k in GOLD_KEY}, "n_text": n_text,
-           "n_regions": n_regions, "labeller": labeller, "note": ""}
-    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
-    write_text(gold_dir / "labels.csv", table.to_csv(index=False))
-    return index
-
-
+# (labels.csv and maps.npz themselves: analyses.goldset)
 def label_queue(table: pd.DataFrame, done: set[tuple], run: str, split: str) -> pd.DataFrame:
     """Maps to label next: unlabelled before labelled, then the classifier's least sure (lowest top probability)."""
     queue = table[["example", "layer", "head", "pattern"]].copy()
@@ -168,30 +113,35 @@ def label_queue(table: pd.DataFrame, done: set[tuple], run: str, split: str) -> 
     return queue.sort_values(["labelled", "confidence", "example", "layer", "head"]).reset_index(drop=True)
 
 
+# ------------------------------------------------------------------------------------------ commands' work
+def run_captured(function, /, *args, **kwargs) -> tuple[object, str, bool]:
+    """function(*args, **kwargs) with what it prints kept: (its result or None, the printed text, success). A
+    failure is added to the text as its command would show it (`error: ...`, uniter_core.cli.report), or as
+    `Type: message` when it is a bug, so that a page shows one message rather than a traceback."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            return function(*args, **kwargs), output.getvalue(), True
+        except (UserError, OSError) as error:
+            report(error, output)
+        except Exception as error:  # noqa: BLE001 - shown, never raised
+            output.write(f"{type(error).__name__}: {error}")
+    return None, output.getvalue(), False
+
+
 # ------------------------------------------------------------------------------------------ training run
 def read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
     """(one row per logged step, one row per (evaluation, split), numbers of unreadable lines) of a metrics.jsonl.
     A half-written last line (a run killed while logging) is skipped, not fatal."""
     steps, evals, bad = [], [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                bad.append(number)
-                continue
-            if not isinstance(record, dict):
-                bad.append(number)
-            elif "loss" in record and "task" in record:
-                if _is_number(record.get("step")):  # the curves are drawn over the step
-                    steps.append(record)
-                else:
-                    bad.append(number)
-            elif isinstance(record.get("eval"), dict):
-                evals += [{"step": record.get("step"), "split": split, **values}
-                          for split, values in record["eval"].items() if isinstance(values, dict)]
+    for number, record in metrics_lines(path):
+        if record is None or ("loss" in record and "task" in record and "step" not in record):
+            bad.append(number)  # the curves are drawn over the step
+        elif "loss" in record and "task" in record:
+            steps.append(record)
+        elif isinstance(record.get("eval"), dict):
+            evals += [{"step": record.get("step"), "split": split, **values}
+                      for split, values in record["eval"].items() if isinstance(values, dict)]
     if not steps and not evals:
         raise ValueError(f"{path}: holds no training records" + (f" ({len(bad)} unreadable lines)" if bad else ""))
     return pd.DataFrame(steps), pd.DataFrame(evals), bad

@@ -16,7 +16,8 @@ import pandas as pd
 import streamlit as st
 
 from analyses.attention import iter_example_attention
-from analyses.classifier import DEFAULT_MODEL, load_classifier
+from analyses.classifier import DEFAULT_MODEL
+from analyses.train_classifier import load_classifier
 from uniter_core.config import PRESETS as UNITER_PRESETS
 from uniter_core.data.dataset import ImageTextDataset
 from uniter_core.errors import UserError
@@ -170,6 +171,15 @@ def _example(_loaded: Loaded, key: tuple, split: str, index: int):
 def example(loaded: Loaded, split: str, index: int):
     """ExampleAttention (maps [layers, heads, n, n] + layout) of one example, computed once."""
     return _example(loaded, loaded.key, split, int(index))
+
+
+def example_with_regions(loaded: Loaded, split: str, index: int):
+    """example(), for the pages about regions: LoadError (an info) when the example has none."""
+    found = example(loaded, split, index)
+    if not found.layout.n_regions:
+        raise LoadError(f"Example {index} ({found.layout.image_id}) has no image regions: pick another example in "
+                        f"the sidebar.", missing=True)
+    return found
 
 
 def item(loaded: Loaded, split: str, index: int) -> dict:

@@ -26,6 +26,7 @@ from pathlib import Path
 from websockets.sync.client import connect
 
 from uniter_core.cli import exit_with, run_command
+from uniter_core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 # url path -> text that only that page shows once it has finished drawing (HTML text, not chart text)
@@ -192,7 +193,19 @@ def take(out: Path, pages=DEFAULT_SHOTS, env: dict[str, str] | None = None,
     return doms
 
 
-def screenshots_command(argv=None) -> int:
+def screenshots(*, run: str | Path = "runs/pretrain-mini", out: Path = REPO / "docs" / "screenshots",
+                pages=DEFAULT_SHOTS) -> list[Path]:
+    """Screenshot `pages` (names of PAGES) of the app opened on the run folder `run` into out/<page>.png;
+    returns the files. UserError when no Chromium is installed."""
+    if not find_chromium():
+        raise UserError("no chromium found; install it with `apt-get install -y chromium`")
+    run = Path(run).resolve()
+    shown = run.relative_to(REPO) if run.is_relative_to(REPO) else run  # the server runs in the repository
+    take(out, pages, {"WORKBENCH_RUN": str(shown)})
+    return [out / f"{page}.png" for page in pages]
+
+
+def _cli(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/pretrain-mini", help="run folder the app opens")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
@@ -202,19 +215,12 @@ def screenshots_command(argv=None) -> int:
     unknown = [x for x in pages if x not in PAGES]
     if unknown:
         p.error(f"unknown page {unknown[0]!r} (known: {', '.join(PAGES)})")
-    if not find_chromium():
-        print("error: no chromium found; install it with `apt-get install -y chromium`", file=sys.stderr)
-        return 2
-    run = Path(args.run).resolve()
-    shown = run.relative_to(REPO) if run.is_relative_to(REPO) else run  # the server runs in the repository
-    take(args.out, pages, {"WORKBENCH_RUN": str(shown)})
-    for page in pages:
-        print(f"{args.out / (page + '.png')}: {(args.out / (page + '.png')).stat().st_size / 1000:.0f} KB")
-    return 0
+    for path in screenshots(run=args.run, out=args.out, pages=pages):
+        print(f"{path}: {path.stat().st_size / 1000:.0f} KB")
 
 
 def main(argv=None) -> int:
-    return run_command(screenshots_command, argv)
+    return run_command(_cli, argv)
 
 
 if __name__ == "__main__":

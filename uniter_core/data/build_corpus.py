@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from uniter_core.cli import exit_with, output_path, run_command
+from uniter_core.cli import exit_with, output_path, run_command, settings_from_args
 from uniter_core.data.backbone import FEATURE_DIM, imagenet_class_names
 from uniter_core.data.captions import align_word_pieces, describe_scene
 from uniter_core.data.corpus_writer import CorpusWriter
@@ -84,11 +84,7 @@ def parse_args(argv=None) -> tuple[Path, CollageSettings, bool]:
                    help="images per feature shard (the resume unit)")
     p.add_argument("--force", action="store_true", help="rebuild even if OUT is already complete")
     args = p.parse_args(argv)
-    try:
-        settings = CollageSettings(**{f.name: getattr(args, f.name) for f in fields(CollageSettings)})
-    except ValueError as error:
-        p.error(str(error))
-    return args.out, settings, args.force
+    return args.out, settings_from_args(p, args, CollageSettings), args.force
 
 
 def _image_meta(image_id: str, scene, owners: np.ndarray) -> dict:

@@ -26,13 +26,13 @@ import csv
 import io
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from uniter_core.cli import exit_with, output_path, run_command
+from uniter_core.cli import exit_with, output_path, run_command, settings_from_args
 from uniter_core.data.backbone import FEATURE_DIM, imagenet_class_names
 from uniter_core.data.corpus_writer import CorpusWriter
 from uniter_core.data.regions import RegionFeatureExtractor, grid_proposals
@@ -373,11 +373,7 @@ def parse_args(argv=None) -> tuple[Path, ExtractSettings, bool]:
                    help=f"images of one size per CNN batch (default {defaults.batch_size})")
     p.add_argument("--force", action="store_true", help="rebuild even if OUT is already complete")
     args = p.parse_args(argv)
-    try:
-        settings = ExtractSettings(**{f.name: getattr(args, f.name) for f in fields(ExtractSettings)})
-    except ValueError as error:
-        p.error(str(error))
-    return args.out, settings, args.force
+    return args.out, settings_from_args(p, args, ExtractSettings), args.force
 
 
 def _cli(argv=None) -> int:

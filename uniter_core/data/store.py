@@ -9,7 +9,6 @@ missing shard; readers memory-map the arrays and never load the whole store.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -14,7 +14,6 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import time
 
 import ot

@@ -9,12 +9,9 @@ MODES = ("Word → regions", "Region → words")
 st.title("Image view")
 loaded, split, index = ui.need_example()
 layer, head = ui.head_picker(loaded, allow_mean=True)
-example = ui.guarded("Extracting the attention maps", loaders.example, loaded, split, index)
+example = ui.guarded("Extracting the attention maps", loaders.example_with_regions, loaded, split, index)
 item = ui.guarded("Reading the example", loaders.item, loaded, split, index)
 layout = example.layout
-if not layout.n_regions:
-    st.info(f"Example {index} ({layout.image_id}) has no image regions: pick another example in the sidebar.")
-    st.stop()
 labels = layout.labels()
 truth = compute.alignment_by_position(item)
 attention = compute.head_map(example.maps, layer, head)

@@ -1,13 +1,11 @@
 """Label heads: hand-label real attention maps into the gold set, then retrain the classifier on it."""
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from analyses import train_classifier
+from analyses import goldset, train_classifier
 from analyses.mapfile import MapFileError
 from analyses.patterns import PATTERNS
 from workbench import compute, loaders, plots, settings, state, ui
@@ -28,14 +26,14 @@ if gold_dir.exists() and not gold_dir.is_dir():
     st.error(f"`{gold_dir}` is a file: the gold set needs a folder (it holds maps.npz and labels.csv).")
     st.stop()
 try:
-    gold = compute.read_gold_labels(gold_dir)
+    gold = goldset.read_gold_labels(gold_dir)
 except MapFileError as error:
     st.error(str(error))
     st.stop()
 run_name = loaded.source.path
 tables = [ui.guarded("Classifying the attention maps", loaders.example_table, loaded, split, i)
           for i in range(int(pool))]
-queue = compute.label_queue(pd.concat(tables, ignore_index=True), compute.labelled_keys(gold), run_name, split)
+queue = compute.label_queue(pd.concat(tables, ignore_index=True), goldset.labelled_keys(gold), run_name, split)
 todo = int((~queue["labelled"]).sum())
 counts = gold["label"].value_counts() if len(gold) else pd.Series(dtype=int)
 st.markdown(f"**Gold set** `{gold_dir}`: {len(gold)} labelled maps " +
@@ -48,7 +46,7 @@ def save(label: str, record: dict) -> None:
     try:
         example = loaders.example(loaded, split, record["example"])
         attention = example.maps[record["layer"], record["head"]]
-        index = compute.add_gold_label(gold_dir, attention, example.layout.n_text, example.layout.n_regions, label,
+        index = goldset.add_gold_label(gold_dir, attention, example.layout.n_text, example.layout.n_regions, label,
                                        {"run": run_name, "split": split, **record})
         st.session_state["label_message"] = ("success", f"Saved map {index} as {label}.")
     except Exception as error:  # a full disk or a broken gold file: say so, keep the page alive
@@ -76,7 +74,7 @@ with right:
     st.plotly_chart(plots.probability_bars({c: float(row[f"p_{c}"]) for c in PATTERNS}), key="label_probs",
                     config=ui.CHART)
     buttons = st.columns(2)
-    for i, label in enumerate(compute.LABELS):
+    for i, label in enumerate(goldset.LABELS):
         buttons[i % 2].button(label.replace("_", " "), key=f"label_{label}", on_click=save, args=(label, record),
                               type="primary" if label == row["pattern"] else "secondary", width="stretch")
 
@@ -98,19 +96,12 @@ if cols[2].button("Retrain", key="retrain", type="primary", icon=":material/mode
                 "evaluated on synthetic maps only.")
     elif used < folds:
         st.info(f"The rarest class has {smallest} labels: using {used} folds.")
-    argv = ["--gold-dir", str(gold_dir), "--out", str(out), "--n-synthetic", str(int(n_synthetic)),
-            "--n-test", str(max(6, int(n_synthetic) // 4)), "--gold-folds", str(used)]
-    output = io.StringIO()
-    with st.spinner("Training the classifier…"), contextlib.redirect_stdout(output), \
-            contextlib.redirect_stderr(output):
-        try:
-            code = train_classifier.main(argv)
-        except SystemExit as exit_:  # argparse and the command wrapper exit rather than return
-            code = 0 if exit_.code is None else exit_.code
-        except Exception as error:  # e.g. too few gold labels to hold some out
-            output.write(f"{type(error).__name__}: {error}")
-            code = 1
-    (st.success if code == 0 else st.error)(output.getvalue().strip() or f"train_classifier exited with {code}")
+    with st.spinner("Training the classifier…"):
+        report, printed, trained = compute.run_captured(
+            train_classifier.train_classifier, gold_dir=gold_dir, out=out, n_synthetic=int(n_synthetic),
+            n_test=max(6, int(n_synthetic) // 4), gold_folds=used)
+    message = printed + (train_classifier.summary(report) if trained else "")
+    (st.success if trained else st.error)(message.strip())
 
 report_file = Path(out).with_suffix(".eval.json")
 if report_file.exists():

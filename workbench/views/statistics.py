@@ -1,6 +1,4 @@
 """Statistics: the tables and figures written by analyses.export_stats, filtered and downloadable."""
-import contextlib
-import io
 import json
 import shlex
 from pathlib import Path
@@ -9,7 +7,7 @@ import streamlit as st
 
 from analyses import export_stats, figures
 from analyses.patterns import PATTERNS
-from workbench import loaders, settings, state, ui
+from workbench import compute, loaders, settings, state, ui
 
 MIME = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json",
         "png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
@@ -21,11 +19,16 @@ REQUIRED = {"heads": ("layer", "head", "dominant_pattern"), "layers": ("layer", 
 FRACTIONS = tuple(f"frac_{c}" for c in PATTERNS)  # what the figures are drawn from
 
 
-def export_command(source, split: str, out: Path) -> list[str]:
+def export_source(source) -> dict:
+    """export_stats's options naming the model of the sidebar's source, as typed."""
     if source.kind == "run":
-        where = ["--run", source.path]
-    else:
-        where = ["--checkpoint", source.path, "--corpus", source.corpus, "--preset", source.preset]
+        return {"run": source.path}
+    return {"checkpoint": source.path, "corpus": source.corpus, "preset": source.preset}
+
+
+def export_command(source, split: str, out: Path) -> list[str]:
+    """The command line that exports what run_export does."""
+    where = [part for name, value in export_source(source).items() for part in (f"--{name}", value)]
     return ["python", "-m", "analyses.export_stats", *where, "--split", split, "--out", f"{out}/"]
 
 
@@ -57,18 +60,15 @@ def sorted_values(column) -> list:
         return sorted(values, key=str)
 
 
-def run_export(command: list[str]) -> None:
-    output = io.StringIO()
-    with st.spinner("Exporting the statistics…"), contextlib.redirect_stdout(output), \
-            contextlib.redirect_stderr(output):
-        try:
-            code = export_stats.main(command[3:])
-        except SystemExit as exit_:
-            code = exit_.code
-        except Exception as error:  # shown, never raised: the page must not end in a traceback
-            output.write(f"{type(error).__name__}: {error}")
-            code = 1
-    (st.success if code == 0 else st.error)(output.getvalue().strip() or f"export_stats exited with {code}")
+def run_export(source, split: str, out: Path, max_examples: int | None) -> None:
+    """export_stats into `out`, without a progress bar; its line, or its error, shown on the page."""
+    where = {name: value if name == "preset" else Path(value) for name, value in export_source(source).items()}
+    with st.spinner("Exporting the statistics…"):
+        tables, printed, done = compute.run_captured(
+            export_stats.export_stats, out=out, split=split, max_examples=max_examples,
+            model=settings.classifier_path(), progress=False, **where)
+    message = printed + (export_stats.summary(out, tables) if done else "")
+    (st.success if done else st.error)(message.strip())
 
 
 st.title("Statistics")
@@ -92,10 +92,7 @@ if not (folder / "columns.json").exists():
     limit = cols[0].number_input("…or export here, for the first N examples (0 = all)", min_value=0, value=0,
                                  step=50, key="export_limit")
     if cols[1].button("Export now", key="export_now", type="primary"):
-        extra = ["--no-progress"] + (["--max-examples", str(limit)] if limit else [])
-        if settings.classifier_path():
-            extra += ["--model", str(settings.classifier_path())]
-        run_export(command + extra)
+        run_export(source, split, Path(typed.strip() or default), int(limit) or None)
         if (folder / "columns.json").exists():
             st.rerun()
     st.stop()

@@ -9,12 +9,9 @@ st.caption("Word-region alignment as UNITER's WRA computes it: cosine cost betwe
            "[CLS], the word-pieces and [SEP] and those of the regions, uniform marginals, and a transport plan. "
            "IPOT is what training uses; POT's Sinkhorn (ε = β / iterations) and exact EMD are references.")
 loaded, split, index = ui.need_example()
-example = ui.guarded("Extracting the attention maps", loaders.example, loaded, split, index)
+example = ui.guarded("Extracting the attention maps", loaders.example_with_regions, loaded, split, index)
 item = ui.guarded("Reading the example", loaders.item, loaded, split, index)
 layout = example.layout
-if not layout.n_regions:
-    st.info(f"Example {index} ({layout.image_id}) has no image regions: pick another example in the sidebar.")
-    st.stop()
 labels = layout.labels()
 truth = compute.alignment_by_position(item)
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from uniter_core.cli import exit_with, output_path, run_command
+from uniter_core.cli import exit_with, output_path, run_command, settings_from_args
 from uniter_core.data.corpus_writer import CorpusWriter
 from uniter_core.data.regions import RegionFeatures
 from uniter_core.data.store import StoreError
@@ -162,11 +162,7 @@ def parse_args(argv=None) -> tuple[Path, ConversionSettings, bool]:
     p.add_argument("--shard-size", type=int, default=500, help="images per feature shard (the resume unit)")
     p.add_argument("--force", action="store_true", help="convert again even if OUT is complete")
     args = p.parse_args(argv)
-    try:
-        settings = ConversionSettings(**{f.name: getattr(args, f.name) for f in fields(ConversionSettings)})
-    except ValueError as error:
-        p.error(str(error))
-    return args.out, settings, args.force
+    return args.out, settings_from_args(p, args, ConversionSettings), args.force
 
 
 def _cli(argv=None) -> int:

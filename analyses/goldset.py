@@ -1,0 +1,139 @@
+"""The gold set's labels, columns and files, in one place for the commands (analyses.gold, train_classifier) and
+the workbench's Label heads page.
+
+A gold folder holds maps.npz (the analyses.mapfile format) and labels.csv: index,label, then provenance columns
+that are kept but not trained on. GOLD_KEY names a map of a model (run, split, example, layer, head), so that
+labelling it again replaces its label instead of adding a second copy.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
+from analyses.patterns import PATTERNS
+from uniter_core.io import atomic_path, write_text
+
+LABELS = PATTERNS + ("skip",)  # "skip": a map looked at and left out of training
+GOLD_KEY = ["run", "split", "example", "layer", "head"]
+PROVENANCE = ("index", *GOLD_KEY, "n_text", "n_regions")  # the columns of `gold sample`'s candidates.csv
+GOLD_COLUMNS = ["index", "label", *GOLD_KEY, "n_text", "n_regions", "labeller", "note"]
+
+
+# ------------------------------------------------------------------------------------------ the commands' reader
+def read_labels(path: Path, labels: tuple[str, ...] | None = LABELS) -> dict[int, dict]:
+    """labels.csv rows by index (in file order); every label must be one of `labels` (None: any non-empty).
+
+    MapFileError, naming the file and line, for a file that is not a UTF-8 CSV with the columns index,label, a
+    missing or non-integer index, a repeated index or an empty label."""
+    if not path.is_file():
+        raise MapFileError(f"{path}: no such file")
+    data = path.read_bytes()
+    if b"\0" in data:
+        line = data[:data.index(b"\0")].count(b"\n") + 1
+        raise MapFileError(f"{path}: line {line} contains a NUL byte, so it is not a text CSV")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise MapFileError(f"{path}: line {line} is not UTF-8 text, so it is not a labels CSV") from None
+    text = text.removeprefix("\ufeff")
+    rows: dict[int, dict] = {}
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        if not reader.fieldnames or not {"index", "label"} <= set(reader.fieldnames):
+            raise MapFileError(f"{path}: needs the columns index,label (has {', '.join(reader.fieldnames or [])})")
+        for row in reader:
+            line, index, label = reader.line_num, row.get("index"), row.get("label")
+            if index in (None, "") or label in (None, ""):
+                raise MapFileError(f"{path}, line {line}: needs an index and a label")
+            if not index.strip().isdigit() or not index.strip().isascii():
+                raise MapFileError(f"{path}, line {line}: index {index!r} is not a non-negative integer")
+            if int(index) in rows:
+                raise MapFileError(f"{path}, line {line}: index {int(index)} is labelled twice")
+            if labels is not None and label not in labels:
+                raise MapFileError(f"{path}, line {line}: label {label!r} is not one of {', '.join(labels)}")
+            rows[int(index)] = row
+    except csv.Error as e:
+        raise MapFileError(f"{path}, line {reader.line_num}: not a readable CSV ({e})") from None
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def next_free_index(gold: Path) -> int:
+    """One past the largest map index used in the gold folder's maps.npz and labels.csv (0 when empty)."""
+    used = [r.index for r in read_maps(gold / "maps.npz")] if (gold / "maps.npz").exists() else []
+    if (gold / "labels.csv").exists():
+        used += list(read_labels(gold / "labels.csv"))
+    return max(used, default=-1) + 1
+
+
+# ------------------------------------------------------------------------------------------ the workbench's table
+def read_gold_labels(gold_dir: Path) -> pd.DataFrame:
+    """labels.csv of a gold folder as a table (empty when there is none yet); MapFileError when unreadable.
+    Laxer than read_labels (any label, hand-edited extra columns) so that the page can show and amend it."""
+    labels_file = Path(gold_dir) / "labels.csv"
+    if not labels_file.exists():
+        return pd.DataFrame(columns=GOLD_COLUMNS)
+    try:
+        table = pd.read_csv(labels_file)
+    except (ValueError, OSError, UnicodeDecodeError) as error:
+        raise MapFileError(f"{labels_file}: not a readable CSV file ({error})") from None
+    if not {"index", "label"} <= set(table.columns):
+        raise MapFileError(f"{labels_file}: needs columns index,label (has {', '.join(map(str, table.columns))})")
+    for column in [c for c in ("index", *GOLD_KEY[2:]) if c in table]:  # used as integers when labelling
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        missing = numbers.isna() & (table[column].notna() | (column == "index"))  # key columns may be empty
+        bad = missing | ((numbers % 1).fillna(0) != 0)
+        if bad.any():
+            raise MapFileError(f"{labels_file}: line {int(bad.to_numpy().argmax()) + 2}: column {column} must hold "
+                               f"whole numbers")
+    return table
+
+
+def gold_key(run: str, split: str, example: int, layer: int, head: int) -> tuple:
+    return (str(run), str(split), int(example), int(layer), int(head))
+
+
+def labelled_keys(table: pd.DataFrame) -> set[tuple]:
+    """The GOLD_KEY of every row of a read_gold_labels table that has one."""
+    if not set(GOLD_KEY) <= set(table.columns):
+        return set()
+    rows = table.dropna(subset=GOLD_KEY)
+    return {gold_key(*values) for values in rows[GOLD_KEY].itertuples(index=False)}
+
+
+def add_gold_label(gold_dir: Path, attention: np.ndarray, n_text: int, n_regions: int, label: str,
+                   provenance: dict, labeller: str = "workbench") -> int:
+    """Store one labelled map in the gold set (maps.npz then labels.csv, each atomically); returns its index.
+    A map labelled before (same run, split, example, layer, head) keeps its index and gets the new label."""
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r} (known: {', '.join(LABELS)})")
+    gold_dir = Path(gold_dir)
+    maps_file = gold_dir / "maps.npz"
+    table = read_gold_labels(gold_dir)
+    key = gold_key(*(provenance[k] for k in GOLD_KEY))
+    for row_number, values in zip(table.index, table.reindex(columns=GOLD_KEY).itertuples(index=False)):
+        if not any(pd.isna(v) for v in values) and gold_key(*values) == key:
+            table.loc[row_number, "label"] = label
+            write_text(gold_dir / "labels.csv", table.to_csv(index=False))
+            return int(table.loc[row_number, "index"])
+    records = read_maps(maps_file) if maps_file.exists() else []
+    index = max([r.index for r in records] + [int(i) for i in table["index"]] + [-1]) + 1
+    write_maps(maps_file, records + [MapRecord(index, np.asarray(attention, np.float32), n_text, n_regions)])
+    row = {"index": index, "label": label, **{k: provenance[k] for k in GOLD_KEY}, "n_text": n_text,
+           "n_regions": n_regions, "labeller": labeller, "note": ""}
+    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
+    write_text(gold_dir / "labels.csv", table.to_csv(index=False))
+    return index
