@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.data.tokenizer import load_tokenizer
+from uniter_core.model import SequenceLayout
 from uniter_core.runs import to_device
 
 
@@ -49,8 +50,8 @@ class ExampleLayout:
         return self.n_text + self.n_regions
 
     def kinds(self) -> list[str]:
-        """'cls' / 'word' / 'sep' / 'region' per position, as SequenceLayout.kinds without padding."""
-        return ["cls"] + ["word"] * (self.n_text - 2) + ["sep"] + ["region"] * self.n_regions
+        """'cls' / 'word' / 'sep' / 'region' per position (the model's SequenceLayout, without padding)."""
+        return SequenceLayout((self.n_text,), (self.n_regions,), self.n).kinds(0)
 
     def labels(self) -> list[str]:
         """A readable name per position: the word-piece, or 'class #k' for region k (k = box index)."""

@@ -21,7 +21,7 @@ from analyses.attention import iter_example_attention
 from analyses.errors import as_input_error
 from analyses.export_stats import per_map_table
 from analyses.train_classifier import load_classifier
-from uniter_core.cli import exit_with, run_command
+from uniter_core.cli import at_least, exit_with, run_command
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.runs import load_run
 
@@ -71,9 +71,9 @@ def _cli(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, default=Path("runs/pretrain-mini"))
     p.add_argument("--split", default="test")
-    p.add_argument("--examples", type=int, default=96)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--examples", type=at_least(1), default=96)
+    p.add_argument("--batch-size", type=at_least(1), default=16)
+    p.add_argument("--rounds", type=at_least(1), default=3)
     p.add_argument("--model", type=Path, help="classifier (default: the default one)")
     args = p.parse_args(argv)
     result = bench_extract(args.run, split=args.split, examples=args.examples, batch_size=args.batch_size,

@@ -34,7 +34,7 @@ from uniter_core.evaluate import alignment_hits
 from uniter_core.io import write_json
 from uniter_core.model import SequenceLayout
 from uniter_core.outputs import check_output_file, first_line
-from uniter_core.runs import build_model, load_finite_model, load_run
+from uniter_core.runs import initial_model, load_finite_model, load_run
 from uniter_core.train_state import CheckpointError
 
 COLUMNS = ("word_word", "region_region", "word_region", "word_to_regions", "cls_to_regions", "region_to_text",
@@ -88,9 +88,7 @@ def layer_rows(run_dir: Path, *, checkpoint: str | None = None, split: str = "va
         run = load_run(run_dir, warn=warn)
         model, corpus, config = run.model, run.corpus, run.config
         if checkpoint == "init":
-            config.data.corpus = str(corpus)
-            torch.manual_seed(config.run.seed)  # as uniter_core.train seeds before it builds the model
-            model = build_model(config)
+            model = initial_model(config, corpus)
         elif checkpoint:
             model = _checkpoint_model(Path(run_dir) / "checkpoints" / checkpoint)
         dataset = ImageTextDataset(corpus, split, run.max_text_len, run.max_regions)

@@ -14,19 +14,18 @@ choose maps and is never written down, so the labels are made by looking, not by
 from __future__ import annotations
 
 import argparse
-import struct
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from analyses.errors import as_input_error
-from analyses.goldset import LABELS, PROVENANCE, next_free_index, read_labels, write_csv
+from analyses.goldset import LABELS, PROVENANCE, next_free_index, provenance_row, read_labels, write_csv
 from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
 from analyses.patterns import PATTERNS
 from uniter_core.cli import exit_with, run_command
 from uniter_core.io import atomic_path
-from uniter_core.outputs import OutputError, check_output_file, check_writable_location, first_line
+from uniter_core.outputs import OutputError, check_output_file, check_writable_location, first_line, png_text
 
 PNG_SOURCE = "analyses.gold"  # the PNG text chunk Source of every picture this module draws: marks its own files
 
@@ -61,8 +60,8 @@ def sample_maps(run: Path, split: str, n: int, max_examples: int, seed: int = 0,
                 layout, layer, head, m = pools[key].pop()
                 i = len(records)
                 records.append(MapRecord(i, m, layout.n_text, layout.n_regions))
-                rows.append({"index": i, "run": str(run), "split": split, "example": layout.example,
-                             "layer": layer, "head": head, "n_text": layout.n_text, "n_regions": layout.n_regions})
+                rows.append(provenance_row(i, run, split, layout.example, layer, head, layout.n_text,
+                                           layout.n_regions))
     # present them shuffled, so that neighbours on a sheet do not share a suggested class; numbered after
     # the maps the gold folder already holds (e.g. labelled in the workbench), so indices never collide
     permutation = rng.permutation(len(records))
@@ -126,27 +125,6 @@ def _is_candidates_csv(path: Path) -> bool:
 def _is_candidates_npz(path: Path) -> bool:
     """An earlier candidates.npz of `sample`: a valid maps file."""
     return bool(read_maps(path))
-
-
-def png_text(path: Path, limit: int = 64) -> dict[str, str]:
-    """The tEXt chunks before the image data of a PNG file ({} for a file that is not a PNG)."""
-    text: dict[str, str] = {}
-    with open(path, "rb") as f:
-        if f.read(8) != b"\x89PNG\r\n\x1a\n":
-            return text
-        for _ in range(limit):
-            header = f.read(8)
-            if len(header) < 8:
-                break
-            length, kind = struct.unpack(">I4s", header)
-            if kind in (b"IDAT", b"IEND") or length > 1 << 20:
-                break
-            data = f.read(length)
-            f.seek(4, 1)  # CRC
-            if kind == b"tEXt" and b"\0" in data:
-                key, value = data.split(b"\0", 1)
-                text[key.decode("latin-1")] = value.decode("latin-1")
-    return text
 
 
 def _is_own_picture(path: Path) -> bool:

@@ -24,6 +24,12 @@ PROVENANCE = ("index", *GOLD_KEY, "n_text", "n_regions")  # the columns of `gold
 GOLD_COLUMNS = ["index", "label", *GOLD_KEY, "n_text", "n_regions", "labeller", "note"]
 
 
+def provenance_row(index: int, run, split, example: int, layer: int, head: int, n_text: int, n_regions: int) -> dict:
+    """Where a map comes from, as the PROVENANCE columns of a candidates.csv or labels.csv row."""
+    values = (int(index), str(run), str(split), int(example), int(layer), int(head), int(n_text), int(n_regions))
+    return dict(zip(PROVENANCE, values))
+
+
 # ------------------------------------------------------------------------------------------ the commands' reader
 def read_labels(path: Path, labels: tuple[str, ...] | None = LABELS) -> dict[int, dict]:
     """labels.csv rows by index (in file order); every label must be one of `labels` (None: any non-empty).
@@ -132,8 +138,9 @@ def add_gold_label(gold_dir: Path, attention: np.ndarray, n_text: int, n_regions
     records = read_maps(maps_file) if maps_file.exists() else []
     index = max([r.index for r in records] + [int(i) for i in table["index"]] + [-1]) + 1
     write_maps(maps_file, records + [MapRecord(index, np.asarray(attention, np.float32), n_text, n_regions)])
-    row = {"index": index, "label": label, **{k: provenance[k] for k in GOLD_KEY}, "n_text": n_text,
-           "n_regions": n_regions, "labeller": labeller, "note": ""}
+    row = {"label": label, "labeller": labeller, "note": "",
+           **provenance_row(index, *(provenance[k] for k in GOLD_KEY), n_text, n_regions)}
+    row = {column: row[column] for column in GOLD_COLUMNS}
     table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
     write_text(gold_dir / "labels.csv", table.to_csv(index=False))
     return index

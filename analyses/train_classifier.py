@@ -58,6 +58,8 @@ def shown(path: Path) -> str:
 
 def load_gold(gold_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
     """(features [N, F], labels [N]) of the labelled gold maps, or None when the folder holds no gold set."""
+    if gold_dir.exists() and not gold_dir.is_dir():
+        raise MapFileError(f"--gold-dir {gold_dir} is a file; give the folder that holds maps.npz and labels.csv")
     maps_file, labels_file = gold_dir / "maps.npz", gold_dir / "labels.csv"
     if not maps_file.exists() and not labels_file.exists():
         return None

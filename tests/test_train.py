@@ -14,7 +14,7 @@ import torch
 from uniter_core import train
 from uniter_core.data.dataset import ImageTextDataset
 from uniter_core.io import read_jsonl
-from uniter_core.runs import build_model
+from uniter_core.runs import build_model, initial_model
 from uniter_core.train_config import ConfigError, config_from_dict, load_config
 
 from factories import REPO, final_weights, losses, tiny_overrides
@@ -81,6 +81,22 @@ def test_training_logs_every_task_and_evaluates(tiny_corpus, tmp_path):
     config = config_from_dict(json.loads((out / "train_config.json").read_text()), "train_config.json")
     baseline = build_model(config)  # what `evaluate --which baseline` scores: the run's initialisation
     torch.testing.assert_close(baseline.uniter.img_embeddings.feat_mean, mean)
+
+
+def test_the_baseline_is_the_runs_own_initialisation(tiny_corpus, tmp_path):
+    """evaluate --which baseline and collapse --checkpoint init score what the trainer starts from: the same
+    seed and corpus give the same weights, the random image side included (and another seed does not)."""
+    config = load_config(None, tiny_overrides(tiny_corpus) + ["data.center_features=true", "run.seed=5"])
+    trainer = train.Trainer(config, tmp_path / "run", resume=False)
+    baseline = initial_model(config)
+    started = trainer.model.state_dict()
+    assert started.keys() == baseline.state_dict().keys()
+    for name, tensor in baseline.state_dict().items():
+        assert torch.equal(tensor, started[name].cpu()), name
+    config.run.seed = 6
+    other = initial_model(config).state_dict()
+    assert not torch.equal(other["uniter.img_embeddings.img_linear.weight"],
+                           started["uniter.img_embeddings.img_linear.weight"])
 
 
 @pytest.mark.parametrize("override, message", [

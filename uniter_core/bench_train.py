@@ -24,13 +24,14 @@ import time
 import torch
 from transformers import BertConfig, BertModel
 
-from uniter_core.cli import exit_with, run_command
-from uniter_core.config import UniterConfig
+from uniter_core.cli import at_least, device_arg, exit_with, run_command
+from uniter_core.config import PRESETS, UniterConfig
 from uniter_core.data.dataset import collate
+from uniter_core.masking import mask_text
 from uniter_core.optim import build_optimizer
 from uniter_core.pretrain import UniterForPretraining, task_loss
+from uniter_core.runs import to_device
 from uniter_core.tasks import itm_collate, mlm_collate
-from uniter_core.masking import mask_text
 
 
 def uniter_batch(config: UniterConfig, batch: int, text: int, regions: int, task: str, seed: int = 0) -> dict:
@@ -111,14 +112,14 @@ def profile_steps(label: str, step, device: torch.device, rows: int = 12) -> Non
 
 def bench_train_command(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="uniter-base")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--text", type=int, default=20, help="mean word-pieces per example")
-    p.add_argument("--regions", type=int, default=70, help="mean regions per example")
+    p.add_argument("--preset", default="uniter-base", choices=sorted(PRESETS))
+    p.add_argument("--batch", type=at_least(1), default=256)
+    p.add_argument("--text", type=at_least(3), default=20, help="mean word-pieces per example")
+    p.add_argument("--regions", type=at_least(1), default=70, help="mean regions per example")
     p.add_argument("--task", default="mlm", choices=("mlm", "itm"))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--warmup", type=at_least(0), default=3)
+    p.add_argument("--repeats", type=at_least(1), default=10)
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd encoders (both models)")
     p.add_argument("--profile", action="store_true", help="print each variant's most expensive kernels")
     p.add_argument("--check", action="store_true",
@@ -129,8 +130,7 @@ def bench_train_command(argv=None) -> int:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)
 
-    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in
-             uniter_batch(config, args.batch, args.text, args.regions, args.task).items()}
+    batch = to_device(uniter_batch(config, args.batch, args.text, args.regions, args.task), device)
     real_tokens = int(batch["attn_masks"].sum())
     uniter = UniterForPretraining(config).to(device)
     uniter_opt = build_optimizer(uniter, 1e-5)

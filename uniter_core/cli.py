@@ -4,7 +4,8 @@
         return run_command(_main, argv)
 
 - UserError (and its subclasses ConfigError, StoreError, InputError, ...): `error: <message>`, exit 2.
-- OSError (disk full, permission denied, a path under a plain file): `error: <file>: <reason>`, exit 1.
+- OSError and EnvironmentFailure (disk full, permission denied): `error: <file>: <reason>`, exit 1. An output
+  path under a plain file is the user's mistake: exit 2.
 - SIGINT / SIGTERM: `interrupted (SIGINT): <what was kept>`, exit 130 / 143. SIGTERM is turned into the same
   exception as SIGINT so that `finally` blocks and partial-output cleanup run for both.
 Anything else keeps its traceback: it is a bug.
@@ -142,6 +143,36 @@ def settings_from_args(parser, args, settings_class):
         return settings_class(**{f.name: getattr(args, f.name) for f in fields(settings_class)})
     except ValueError as error:
         parser.error(str(error))
+
+
+def device_arg(text: str) -> str:
+    """argparse type of --device: cpu, cuda or cuda:N, and a GPU only where torch sees one."""
+    import argparse
+    import torch
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: torch sees no CUDA device")
+    return text
+
+
+def at_least(low: int):
+    """argparse type of an integer option that must be >= low."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
 
 
 def output_path(text: str):

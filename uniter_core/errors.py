@@ -17,7 +17,7 @@ class UserError(Exception):
 
 
 class EnvironmentFailure(UserError):
-    """The machine refused (disk full, permissions, a path under a plain file): exit code 1."""
+    """The machine refused (disk full, permissions): exit code 1."""
 
     exit_code = 1
 

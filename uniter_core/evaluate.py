@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 
 from uniter_core.cli import exit_with, run_command
-from uniter_core.data.dataset import ImageTextDataset, collate
+from uniter_core.data.dataset import ImageTextDataset, alignment_by_position, collate
 from uniter_core.errors import UserError
 from uniter_core.io import write_json
-from uniter_core.ot import cost_matrix_cosine, ipot
+from uniter_core.ot import wra_plan
 from uniter_core.pretrain import UniterForPretraining, split_text_regions
-from uniter_core.runs import build_model, newest_loadable_model, read_run_config, run_corpus, to_device
-from uniter_core.tasks import MlmDataset, MrmDataset, mlm_collate, mrm_collate
+from uniter_core.runs import apply_speed_settings, initial_model, newest_loadable_model, read_run_config, run_corpus, to_device
+from uniter_core.tasks import MlmDataset, MrmDataset, mlm_collate, mrm_collate, wra_pads
 from uniter_core.train_config import TrainConfig
 
 
@@ -101,21 +101,16 @@ def alignment_hits(hidden: torch.Tensor, batch: dict, examples: list[dict], conf
     """WRA's transport plan over hidden states [B, L, H] of the true pairs (collated `examples`; `config`: the
     UniterConfig's OT settings): (grounded word-pieces whose largest mass lands on one of their boxes, grounded
     word-pieces, summed chance level)."""
-    txt_lens, num_bbs = batch["txt_lens"], batch["num_bbs"]
-    txt_pad = torch.arange(max(txt_lens), device=hidden.device) >= torch.tensor(txt_lens, device=hidden.device)[:, None]
-    img_pad = torch.arange(max(num_bbs), device=hidden.device) >= torch.tensor(num_bbs, device=hidden.device)[:, None]
+    txt_pad, img_pad = wra_pads(batch, hidden.device)
     txt_emb, img_emb = split_text_regions(hidden.float(), txt_pad, img_pad)
-    cost = cost_matrix_cosine(txt_emb, img_emb).masked_fill(txt_pad[:, :, None] | img_pad[:, None, :], 0)
-    plan = ipot(cost, txt_pad, img_pad, config.ot_beta, config.ot_iteration, config.ot_k, config.ot_solver)
+    _, plan = wra_plan(txt_emb, img_emb, txt_pad, img_pad, config.ot_beta, config.ot_iteration, config.ot_k,
+                       config.ot_solver)
     hits = words = 0
     chance = 0.0
     for b, example in enumerate(examples):
-        truth: dict[int, set[int]] = {}
-        for position, region in example.get("alignment") or ():
-            truth.setdefault(position, set()).add(region)
-        for position, regions in truth.items():
+        for position, regions in alignment_by_position(example).items():
             hits += int(int(plan[b, position].argmax()) in regions)
-            chance += len(regions) / num_bbs[b]
+            chance += len(regions) / batch["num_bbs"][b]
             words += 1
     return hits, words, chance
 
@@ -202,16 +197,14 @@ def evaluate_run(run_dir: Path, split: str = "test", which: str = "pretrained", 
         raise UserError(f"--split {split}: {split_file} does not exist (splits: {', '.join(known) or 'none'})")
     results = {}
     models = {"pretrained": lambda: trained,
-              "baseline": lambda: build_model(config)}
+              "baseline": lambda: initial_model(config, corpus)}
     for name, make in models.items():
         if which not in (name, "both"):
             continue
-        torch.manual_seed(0)
+        model = make()  # the baseline: the run's own initialisation (its seed, its corpus)
+        torch.manual_seed(0)  # the evaluation's own randomness (ITM negatives are drawn by their own generators)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = make().to(device)
-        # The run's speed switches, as in the evaluation at the end of training (same results, no work on padding)
-        model.uniter.unpad_tokens = config.run.unpad
-        model.uniter.varlen_attention = config.run.varlen_attention
+        model = apply_speed_settings(model.to(device), config)  # as in the evaluation at the end of training
         result = evaluate_model(model, corpus, split, config, candidates)
         suffix = "" if name == "pretrained" else "_baseline"
         source = latest.name if name == "pretrained" else f"initialisation ({config.model.init})"

@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -213,3 +214,24 @@ def first_line(path: Path, limit: int = 4096) -> str:
     """The first line of a text file (empty when unreadable as UTF-8)."""
     with open(path, "rb") as f:
         return f.read(limit).split(b"\n", 1)[0].decode("utf-8", errors="replace")
+
+
+def png_text(path: Path, limit: int = 64) -> dict[str, str]:
+    """The tEXt chunks before the image data of a PNG file ({} for a file that is not a PNG)."""
+    text: dict[str, str] = {}
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return text
+        for _ in range(limit):
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            length, kind = struct.unpack(">I4s", header)
+            if kind in (b"IDAT", b"IEND") or length > 1 << 20:
+                break
+            data = f.read(length)
+            f.seek(4, 1)  # CRC
+            if kind == b"tEXt" and b"\0" in data:
+                key, value = data.split(b"\0", 1)
+                text[key.decode("latin-1")] = value.decode("latin-1")
+    return text

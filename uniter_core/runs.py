@@ -11,6 +11,7 @@ always read the same way (its train_config.json, its newest checkpoint that load
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,24 @@ def build_model(config: TrainConfig, train_set: ImageTextDataset | None = None) 
                                                   config.data.max_text_len, config.data.max_regions)
         mean = train_set.store.feature_mean(train_set.image_ids)
         model.uniter.img_embeddings.feat_mean.copy_(torch.from_numpy(mean))
+    return model
+
+
+def initial_model(config: TrainConfig, corpus: str | Path | None = None) -> UniterForPretraining:
+    """The model a run of `config` starts from, as the trainer builds it (on rank 0: the same seed, so the same
+    random weights): what `evaluate --which baseline` and `collapse --checkpoint init` look at. `corpus`
+    replaces data.corpus (a run's corpus as found by run_corpus); the config itself is not changed."""
+    if corpus is not None:
+        config = copy.deepcopy(config)
+        config.data.corpus = str(corpus)
+    torch.manual_seed(config.run.seed)
+    return build_model(config)
+
+
+def apply_speed_settings(model: UniterForPretraining, config: TrainConfig) -> UniterForPretraining:
+    """The run's encoder speed switches (run.unpad, run.varlen_attention): the same outputs, no work on padding."""
+    model.uniter.unpad_tokens = config.run.unpad
+    model.uniter.varlen_attention = config.run.varlen_attention
     return model
 
 

@@ -152,10 +152,18 @@ def itm_collate(examples: list[dict], ot: bool = True) -> dict:
     batch = collate(examples)
     batch["targets"] = torch.tensor([e["target"] for e in examples], dtype=torch.long)
     if ot:
-        txt_lens, num_bbs = torch.tensor(batch["txt_lens"]), torch.tensor(batch["num_bbs"])
-        batch["txt_pad"] = torch.arange(batch["input_ids"].size(1)) >= txt_lens.unsqueeze(1)
-        batch["img_pad"] = torch.arange(batch["img_feat"].size(1)) >= num_bbs.unsqueeze(1)
+        batch["txt_pad"], batch["img_pad"] = wra_pads(batch)
     return batch
+
+
+def wra_pads(batch: dict, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(txt_pad [B, max_txt_len], img_pad [B, max_regions]) of a collated batch, bool, True on padding: the
+    official ot_inputs that WRA's transport problem is masked with."""
+    txt_lens = torch.tensor(batch["txt_lens"], device=device)
+    num_bbs = torch.tensor(batch["num_bbs"], device=device)
+    txt_pad = torch.arange(max(batch["txt_lens"]), device=device) >= txt_lens.unsqueeze(1)  # collate pads
+    img_pad = torch.arange(max(batch["num_bbs"]), device=device) >= num_bbs.unsqueeze(1)  # to the longest
+    return txt_pad, img_pad
 
 
 def build_task_dataset(task: str, base, config: UniterConfig, seed: int = 0):

@@ -34,7 +34,7 @@ from uniter_core.pretrain import task_loss
 from uniter_core.tasks import TaskSampler, TaskStream, build_task_dataset
 from uniter_core.train_config import ConfigError, TrainConfig, load_config
 from uniter_core.evaluate import evaluate_model, write_results
-from uniter_core.runs import build_model, load_finite_model, model_config, to_device
+from uniter_core.runs import apply_speed_settings, build_model, load_finite_model, model_config, to_device
 from uniter_core.train_state import (CheckpointError, CheckpointManager, lock_run_folder, newest_loadable,
                                      prepare_run_folder, truncate_metrics)
 
@@ -116,8 +116,7 @@ class Trainer:
         latest, state, model = self._newest_checkpoint() if resume else (None, None, None)
         self.model = model or build_model(config, self.train_set)
         self.model.to(device)
-        self.model.uniter.unpad_tokens = config.run.unpad
-        self.model.uniter.varlen_attention = config.run.varlen_attention
+        apply_speed_settings(self.model, config)
         if config.run.compile:  # in place: parameter names and checkpoints stay as they are
             self.model.uniter.encoder.compile(dynamic=True)  # dynamic: token counts change every batch
         self.ddp = None
@@ -233,7 +232,7 @@ class Trainer:
             f"was saved; " + (f"the newest checkpoint {newest} is intact" if newest else "no checkpoint was written yet")
             + " (check the data, or lower optim.lr)")
 
-    resume_command: str | None = None  # the command line that resumes this run (set by train_command)
+    resume_command: str | None = None  # the command line that resumes this run (set by train_run)
 
     def resume_hint(self) -> str:
         config = f" --config {self.where}" if self.where != "config" else ""

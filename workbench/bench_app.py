@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from uniter_core.cli import exit_with, run_command
+from uniter_core.cli import at_least, exit_with, run_command
 from uniter_core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def bench_app(*, run: str | Path = "runs/pretrain-mini", repeats: int = 20) -> t
 def _cli(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/pretrain-mini")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=at_least(1), default=20)
     args = p.parse_args(argv)
     warm, results = bench_app(run=args.run, repeats=args.repeats)
     print(f"run {args.run}, {os.cpu_count()} CPU cores visible, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")

@@ -59,14 +59,6 @@ def region_to_words(attention: np.ndarray, n_text: int, region: int) -> np.ndarr
 
 
 # ------------------------------------------------------------------------------------------ transport
-def alignment_by_position(item: dict) -> dict[int, set[int]]:
-    """Ground truth of the corpus: sequence position (with [CLS] at 0) -> set of region indices."""
-    truth: dict[int, set[int]] = {}
-    for position, region in item.get("alignment", []):
-        truth.setdefault(int(position), set()).add(int(region))
-    return truth
-
-
 @torch.inference_mode()
 def final_states(model, item: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Final-layer text ([CLS] .. [SEP]) and region states of one example, fp32, as WRA takes them."""

@@ -27,6 +27,9 @@ from websockets.sync.client import connect
 
 from uniter_core.cli import exit_with, run_command
 from uniter_core.errors import UserError
+from uniter_core.io import atomic_path
+from uniter_core.outputs import check_output_file, png_text
+from uniter_core.train_state import CheckpointManager
 
 REPO = Path(__file__).resolve().parents[1]
 # url path -> text that only that page shows once it has finished drawing (HTML text, not chart text)
@@ -170,26 +173,39 @@ class Browser:
 
 def shrink(png: bytes, max_bytes: int = MAX_BYTES) -> bytes:
     """A 256-colour palette PNG (screenshots are mostly flat colour), downscaled until under max_bytes."""
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     image = Image.open(io.BytesIO(png)).convert("RGB")
     while True:
         buffer = io.BytesIO()
-        image.quantize(256, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Source", PNG_SOURCE)
+        image.quantize(256, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True, pnginfo=info)
         if buffer.tell() <= max_bytes or image.width < 500:
             return buffer.getvalue()
         image = image.resize((int(image.width * 0.85), int(image.height * 0.85)), Image.Resampling.LANCZOS)
 
 
+PNG_SOURCE = "workbench.screenshots"  # the PNG text chunk Source of every screenshot: marks this command's files
+
+
+def _is_own_screenshot(path: Path) -> bool:
+    """A screenshot of this command (PNG Source text), or one of the repository's committed screenshots."""
+    return png_text(path).get("Source") == PNG_SOURCE or path.resolve().parent == REPO / "docs" / "screenshots"
+
+
 def take(out: Path, pages=DEFAULT_SHOTS, env: dict[str, str] | None = None,
          log: Path | None = None) -> dict[str, dict[str, str]]:
-    """Screenshot each page into out/<page>.png; returns each page's DOM (Browser.open) for checks."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Screenshot each page into out/<page>.png (atomically; a file there that is not a screenshot of this
+    command is refused before the app starts); returns each page's DOM (Browser.open) for checks."""
+    for page in pages:
+        check_output_file(out / f"{page}.png", "workbench.screenshots", _is_own_screenshot)
     doms = {}
     with Server(env, log=log) as server, Browser() as browser:
         for page in pages:
             doms[page] = browser.open(f"{server.url}/{'' if page == 'overview' else page}", PAGES[page])
-            (out / f"{page}.png").write_bytes(shrink(browser.screenshot()))
+            with atomic_path(out / f"{page}.png") as tmp:
+                tmp.write_bytes(shrink(browser.screenshot()))
     return doms
 
 
@@ -199,6 +215,9 @@ def screenshots(*, run: str | Path = "runs/pretrain-mini", out: Path = REPO / "d
     returns the files. UserError when no Chromium is installed."""
     if not find_chromium():
         raise UserError("no chromium found; install it with `apt-get install -y chromium`")
+    if not CheckpointManager(run).intact(need_state=False) or not (Path(run) / "train_config.json").is_file():
+        raise UserError(f"--run {run} is not a run folder with a checkpoint (train one with python -m "
+                        f"uniter_core.train); the screenshots would show an error page")
     run = Path(run).resolve()
     shown = run.relative_to(REPO) if run.is_relative_to(REPO) else run  # the server runs in the repository
     take(out, pages, {"WORKBENCH_RUN": str(shown)})

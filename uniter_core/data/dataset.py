@@ -231,3 +231,12 @@ class TokenBucketSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self.batches(self.epoch)) - self.start_batch
+
+
+def alignment_by_position(item: dict) -> dict[int, set[int]]:
+    """The ground-truth word-region alignment of a dataset item: sequence position (with [CLS] at 0) -> the
+    set of region indices the word-piece there names (empty for captions without an alignment)."""
+    truth: dict[int, set[int]] = {}
+    for position, region in item.get("alignment") or ():
+        truth.setdefault(int(position), set()).add(int(region))
+    return truth

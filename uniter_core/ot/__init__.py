@@ -6,7 +6,7 @@ kernel `uniter_core.ot.fused_triton.ipot_fused` (CUDA default; imported on deman
 baselines `ipot_pot_sinkhorn` / `ipot_pot_emd`. `ipot(..., solver=...)` picks one by name. The facts they rely on (marginals, padding, dtypes, how
 they are checked against POT) are in docs/ARCHITECTURE.md.
 """
-from .api import ipot, optimal_transport_dist
+from .api import ipot, optimal_transport_dist, wra_plan
 from .batched import ipot_batched
 from .cost import cost_matrix_cosine
 from .pot_solvers import ipot_pot_emd, ipot_pot_sinkhorn
@@ -14,4 +14,4 @@ from .problem import SOLVERS
 from .reference import ipot_reference
 
 __all__ = ["SOLVERS", "cost_matrix_cosine", "ipot", "ipot_batched", "ipot_pot_emd", "ipot_pot_sinkhorn",
-           "ipot_reference", "optimal_transport_dist"]
+           "ipot_reference", "optimal_transport_dist", "wra_plan"]

@@ -28,14 +28,11 @@ def ipot(cost: torch.Tensor, txt_pad: torch.Tensor | None, img_pad: torch.Tensor
     return solve(cost, txt_pad, img_pad, beta, iteration, k)
 
 
-def optimal_transport_dist(txt_emb: torch.Tensor, img_emb: torch.Tensor, txt_pad: torch.Tensor | None,
-                           img_pad: torch.Tensor | None, beta: float = 0.5, iteration: int = 50, k: int = 1,
-                           solver: str = "auto") -> torch.Tensor:
-    """WRA distance [B] = sum(C * T) with C the cosine cost (zero on padded pairs) and T the IPOT plan.
-
-    T is a constant here (envelope theorem, as in UNITER): gradients reach the embeddings through C
-    only. Half-precision embeddings are upcast first, since WRA is computed in fp32.
-    """
+def wra_plan(txt_emb: torch.Tensor, img_emb: torch.Tensor, txt_pad: torch.Tensor | None,
+             img_pad: torch.Tensor | None, beta: float = 0.5, iteration: int = 50, k: int = 1,
+             solver: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine cost [B, T, K], zero on padded pairs, with its gradient; IPOT plan [B, T, K], a constant) of
+    WRA: what the distance sums and what the alignment accuracy reads. Half precision is upcast first."""
     check_solver(solver)
     dtype = compute_dtype(txt_emb.dtype)
     cost = cost_matrix_cosine(txt_emb.to(dtype), img_emb.to(dtype))
@@ -46,7 +43,18 @@ def optimal_transport_dist(txt_emb: torch.Tensor, img_emb: torch.Tensor, txt_pad
         img_pad = torch.zeros(batch, n_img, dtype=torch.bool, device=cost.device)
     joint_pad = txt_pad.to(torch.bool).unsqueeze(2) | img_pad.to(torch.bool).unsqueeze(1)
     cost = cost.masked_fill(joint_pad, 0)
-    plan = ipot(cost.detach(), txt_pad, img_pad, beta, iteration, k, solver)
+    return cost, ipot(cost.detach(), txt_pad, img_pad, beta, iteration, k, solver)
+
+
+def optimal_transport_dist(txt_emb: torch.Tensor, img_emb: torch.Tensor, txt_pad: torch.Tensor | None,
+                           img_pad: torch.Tensor | None, beta: float = 0.5, iteration: int = 50, k: int = 1,
+                           solver: str = "auto") -> torch.Tensor:
+    """WRA distance [B] = sum(C * T) with C the cosine cost (zero on padded pairs) and T the IPOT plan.
+
+    T is a constant here (envelope theorem, as in UNITER): gradients reach the embeddings through C
+    only. Half-precision embeddings are upcast first, since WRA is computed in fp32.
+    """
+    cost, plan = wra_plan(txt_emb, img_emb, txt_pad, img_pad, beta, iteration, k, solver)
     return (cost * plan.to(cost.dtype)).sum(dim=(1, 2))
 
 

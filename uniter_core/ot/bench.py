@@ -20,7 +20,7 @@ import ot
 import torch
 from ot.batch import solve_batch
 
-from uniter_core.cli import exit_with, run_command
+from uniter_core.cli import device_arg, exit_with, run_command
 
 from .api import ipot
 from .check import run_checks
@@ -163,8 +163,8 @@ def _ms(seconds: float) -> str:
 
 
 def bench_command(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m uniter_core.ot.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--shapes", type=parse_shapes, default=parse_shapes(DEFAULT_SHAPES),
                         help=f"comma-separated BxTxK batches (default {DEFAULT_SHAPES})")

@@ -15,9 +15,10 @@ import random
 import numpy as np
 import torch
 
-from uniter_core.cli import exit_with, run_command
+from uniter_core.cli import device_arg, exit_with, run_command
 
 from .api import ipot, optimal_transport_dist
+from .problem import SOLVERS
 from .reference import ipot_reference
 from .testing import masked_cost, random_problem, relative_plan_error
 
@@ -219,14 +220,19 @@ def run_checks(solver: str, device: str, seed: int, names=None) -> dict:
 
 
 def check_command(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m uniter_core.ot.check", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--solver", default=None, help="default: fused on cuda, batched on cpu")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--solver", default=None, choices=SOLVERS,
+                        help="default: fused on cuda, batched on cpu")
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh random seed (printed)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(CHECKS)}")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     solver = args.solver or ("fused" if args.device.startswith("cuda") else "batched")
+    if solver == "fused" and not args.device.startswith("cuda"):
+        from uniter_core.ot.fused_triton import interpreter_active
+        if not interpreter_active():
+            parser.error("--solver fused on cpu runs only in Triton's interpreter: set TRITON_INTERPRET=1")
     seed = fresh_seed() if args.seed is None else args.seed
     names = args.only.split(",") if args.only else None
     unknown = set(names or ()) - set(CHECKS)

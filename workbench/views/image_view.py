@@ -2,6 +2,7 @@
 import numpy as np
 import streamlit as st
 
+from uniter_core.data.dataset import alignment_by_position
 from workbench import compute, loaders, plots, state, ui
 
 MODES = ("Word → regions", "Region → words")
@@ -13,7 +14,7 @@ example = ui.guarded("Extracting the attention maps", loaders.example_with_regio
 item = ui.guarded("Reading the example", loaders.item, loaded, split, index)
 layout = example.layout
 labels = layout.labels()
-truth = compute.alignment_by_position(item)
+truth = alignment_by_position(item)
 attention = compute.head_map(example.maps, layer, head)
 source = f"layer {layer}, " + ("mean over heads" if head is None else f"head {head}")
 

@@ -2,6 +2,7 @@
 import numpy as np
 import streamlit as st
 
+from uniter_core.data.dataset import alignment_by_position
 from workbench import compute, loaders, plots, state, ui
 
 st.title("Optimal transport")
@@ -13,7 +14,7 @@ example = ui.guarded("Extracting the attention maps", loaders.example_with_regio
 item = ui.guarded("Reading the example", loaders.item, loaded, split, index)
 layout = example.layout
 labels = layout.labels()
-truth = compute.alignment_by_position(item)
+truth = alignment_by_position(item)
 
 state.choice("ot_solver", compute.SOLVERS)
 solver = st.radio("Solver", list(compute.SOLVERS), key="ot_solver", horizontal=True, persist_state="session")
