@@ -20,14 +20,13 @@ about zero for matching and mismatched pairs alike, and ITM's [CLS] barely chang
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from analyses.errors import as_input_error
-from uniter_core.cli import exit_with, run_command
+from uniter_core.cli import exit_with, run_command, warn
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.errors import UserError
 from uniter_core.evaluate import alignment_hits
@@ -124,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _cli(argv=None) -> None:
     args = parse_args(argv)
     rows, count = layer_rows(args.run, checkpoint=args.checkpoint, split=args.split, examples=args.examples,
-                             warn=lambda message: print(message, file=sys.stderr))
+                             warn=warn)
     grounded = (f", {rows[0]['grounded_words']} grounded word-pieces (word_box_ot chance level "
                 f"{rows[0]['word_box_chance']:.3f})" if "grounded_words" in rows[0] else "")
     print(f"{args.run} {args.checkpoint or '(newest checkpoint)'}, {count} {args.split} examples{grounded}")

@@ -17,7 +17,6 @@ OUT gets, each file written atomically and columns.json last:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from analyses import figures
 from analyses.attention import iter_example_attention
 from analyses.patterns import FEATURE_VERSION, HEAD_STATS, PATTERNS, head_stats, map_features
 from analyses.train_classifier import load_classifier
-from uniter_core.cli import exit_with, output_path, run_command
+from uniter_core.cli import exit_with, output_path, run_command, warn
 from uniter_core.errors import UserError
 from uniter_core.io import atomic_path, write_json
 from uniter_core.outputs import OutputFolder
@@ -248,7 +247,7 @@ def _cli(argv=None) -> None:
     tables = export_stats(out=args.out, run=args.run, checkpoint=args.checkpoint, corpus=args.corpus,
                           preset=args.preset, split=args.split, max_examples=args.max_examples,
                           batch_size=args.batch_size, model=args.model, device=args.device,
-                          progress=not args.no_progress, warn=lambda message: print(message, file=sys.stderr))
+                          progress=not args.no_progress, warn=warn)
     print(summary(args.out, tables))
 
 

@@ -91,6 +91,10 @@ def _check_map(a: np.ndarray, key: str, n_text: int, n_regions: int, where: str)
     return a
 
 
+# What numpy and zipfile raise for a damaged archive or member (truncated, bad CRC, unknown compression)
+_DAMAGED_ARCHIVE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
+
+
 def read_maps(path: str | Path) -> list[MapRecord]:
     """All maps of a file, sorted by index, validated (see the module docstring)."""
     path = Path(path)
@@ -109,8 +113,7 @@ def read_maps(path: str | Path) -> list[MapRecord]:
                            f"of map_<i>, n_text_<i> and n_regions_<i> arrays")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
-            RuntimeError) as error:
+    except _DAMAGED_ARCHIVE as error:
         raise MapFileError(f"{where}: not a readable .npz archive ({error})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise MapFileError(f"{where}: is a single .npy array, not an .npz archive of map_<i> arrays")
@@ -133,8 +136,7 @@ def read_maps(path: str | Path) -> list[MapRecord]:
                 n_text = _scalar(archive, f"n_text_{i}", where)
                 n_regions = _scalar(archive, f"n_regions_{i}", where)
                 a = _check_map(_array(archive, f"map_{i}", where), f"map_{i}", n_text, n_regions, where)
-            except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error, NotImplementedError,
-                    RuntimeError) as error:  # a damaged member: bad CRC, compression data or method
+            except _DAMAGED_ARCHIVE as error:  # a damaged member: bad CRC, compression data or method
                 if isinstance(error, MapFileError):
                     raise
                 raise MapFileError(f"{where}: entry {i} cannot be read ({error})") from None

@@ -63,6 +63,28 @@ def tiny_run(tiny_corpus, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="module")
+def trained_run(tiny_corpus, tmp_path_factory) -> Path:
+    """A run trained for 4 steps by uniter_core.train (checkpoints at steps 2 and 4, its evaluation); tests that
+    change it work on run_copy."""
+    from factories import tiny_overrides
+    from uniter_core import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    assert train.main(["--out", str(run_dir), *tiny_overrides(tiny_corpus, steps=4, save_every=2, keep_last=2)]) == 0
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A copy of trained_run that a test may damage."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    return copy
+
+
 @pytest.fixture(scope="session")
 def workbench_env(tiny_corpus, tmp_path_factory) -> dict[str, str]:
     """The WORKBENCH_* variables of a tiny but real setting for the app: a run trained for a few steps with
@@ -87,7 +109,7 @@ def workbench_env(tiny_corpus, tmp_path_factory) -> dict[str, str]:
 
 # Tests that need the tiny corpus (real CNN features, about a minute to build) or a trained run are slow by
 # what they use; the rest of the slow ones carry @pytest.mark.slow. `pytest -m "not slow"` is the quick part.
-SLOW_FIXTURES = {"tiny_corpus", "tiny_run", "workbench_env"}
+SLOW_FIXTURES = {"tiny_corpus", "tiny_run", "trained_run", "workbench_env"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -69,6 +69,7 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------ user data
+CORPUS_ARGS = ["--n-train", "4", "--n-val", "1", "--n-test", "1", "--shard-size", "2", "--seed", "3"]  # 6 images
 IMAGES = {"astronaut.png": ("astronaut", (96, 96), "PNG"), "cat.jpg": ("chelsea", (120, 80), "JPEG"),
           "camera.png": ("camera", (96, 96), "PNG"), "sub/coffee.jpg": ("coffee", (700, 350), "JPEG")}
 CAPTIONS = [("astronaut.png", "an astronaut in front of a flag"), ("cat.jpg", "a cat lying on a blanket"),

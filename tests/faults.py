@@ -24,6 +24,16 @@ class Result:
     stderr: str
 
 
+def call(main, argv, capsys) -> Result:
+    """main(argv) in this process, as the shell would see it: exit code (argparse's too), stdout and stderr."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return Result(code, captured.out, captured.err)
+
+
 def command_env(extra: dict | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": "1"}

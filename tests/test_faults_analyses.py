@@ -18,7 +18,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from faults import assert_failed_cleanly, leftovers, tree_digest
+from faults import assert_failed_cleanly, call, leftovers, tree_digest
 from factories import sharp_records
 
 from analyses import classify_maps, collapse, gold, train_classifier
@@ -29,21 +29,6 @@ from uniter_core.io import write_json
 from uniter_core.outputs import OutputError, check_output_file
 
 matplotlib.use("Agg")
-
-
-class Outcome:
-    def __init__(self, code, out, err):
-        self.code, self.stdout, self.stderr = code, out, err
-
-
-def call(main, argv, capsys) -> Outcome:
-    """main(argv) as the shell would see it: exit code (argparse's too), stdout and stderr."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return Outcome(code, captured.out, captured.err)
 
 
 def good_maps(path: Path) -> Path:
@@ -98,7 +83,7 @@ def test_damaged_npz_bytes_always_give_a_map_file_error(tmp_path):
 
 # ------------------------------------------------------------------------------------------ T19: classifiers
 @pytest.fixture
-def model_copy(model_path, tmp_path) -> Path:  # noqa: F811
+def model_copy(model_path, tmp_path) -> Path:
     copy = tmp_path / "m" / "M.joblib"
     copy.parent.mkdir()
     shutil.copy(model_path, copy)
@@ -184,7 +169,7 @@ def test_train_classifier_rejects_bad_numbers(option, value, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ T22: empty split
-def test_collapse_refuses_an_empty_split(tiny_run, tiny_corpus, tmp_path, capsys):  # noqa: F811
+def test_collapse_refuses_an_empty_split(tiny_run, tiny_corpus, tmp_path, capsys):
     corpus = tmp_path / "corpus"
     shutil.copytree(tiny_corpus, corpus, ignore=shutil.ignore_patterns("images"))
     (corpus / "txt_db" / "test.jsonl").write_text("")
@@ -236,13 +221,13 @@ def test_report_of_good_results_prints_the_table(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ V6, V7: gold sample
-def sample_argv(tiny_run, model_path, out, *extra):  # noqa: F811
+def sample_argv(tiny_run, model_path, out, *extra):
     return ["sample", "--run", tiny_run, "--split", "test", "--n", 2, "--max-examples", 1, "--model", model_path,
             "--out", out, *extra]
 
 
 @pytest.mark.parametrize("name", ["candidates.csv", "candidates.npz"])
-def test_gold_sample_keeps_the_users_candidates(name, tiny_run, model_path, tmp_path, capsys):  # noqa: F811
+def test_gold_sample_keeps_the_users_candidates(name, tiny_run, model_path, tmp_path, capsys):
     out = tmp_path / "gold"
     out.mkdir()
     if name == "candidates.csv":
@@ -255,7 +240,7 @@ def test_gold_sample_keeps_the_users_candidates(name, tiny_run, model_path, tmp_
     assert tree_digest(out) == before and not leftovers(tmp_path)
 
 
-def test_gold_sample_replaces_its_own_candidates(tiny_run, model_path, tmp_path, capsys):  # noqa: F811
+def test_gold_sample_replaces_its_own_candidates(tiny_run, model_path, tmp_path, capsys):
     out = tmp_path / "gold"
     assert call(gold.main, sample_argv(tiny_run, model_path, out), capsys).code == 0
     first = tree_digest(out)
@@ -266,7 +251,7 @@ def test_gold_sample_replaces_its_own_candidates(tiny_run, model_path, tmp_path,
 
 @pytest.mark.parametrize("option, value", [("--n", 0), ("--n", -3), ("--max-examples", 0),
                                            ("--max-examples", -1), ("--seed", -1)])
-def test_gold_sample_rejects_counts_below_one(option, value, tiny_run, model_path, tmp_path, capsys):  # noqa: F811
+def test_gold_sample_rejects_counts_below_one(option, value, tiny_run, model_path, tmp_path, capsys):
     out = tmp_path / "gold"
     result = call(gold.main, sample_argv(tiny_run, model_path, out, option, value), capsys)
     assert_failed_cleanly(result, 2, option)

@@ -106,6 +106,11 @@ class StopRequest:
         self._old = {}
 
 
+def warn(message: str) -> None:
+    """A command's warning (a damaged checkpoint skipped, a log repaired): one line on stderr, at once."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def run_command(function: Callable, *args, **kwargs) -> int:
     """function(*args, **kwargs) as a command: its int result (None: 0) or the exit code of its failure. The
     same whether the command runs as `python -m ...` or as its console script (`uniter-train`, ...)."""

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-from uniter_core.cli import exit_with, run_command
+from uniter_core.cli import exit_with, run_command, warn
 from uniter_core.data.dataset import ImageTextDataset, alignment_by_position, collate
 from uniter_core.errors import UserError
 from uniter_core.io import write_json
@@ -216,7 +215,7 @@ def evaluate_run(run_dir: Path, split: str = "test", which: str = "pretrained", 
 def _cli(argv=None) -> int:
     args = parse_args(argv)
     results = evaluate_run(args.run, args.split, args.which, args.candidates,
-                           warn=lambda message: print(message, file=sys.stderr))
+                           warn=warn)
     print(json.dumps(results, indent=1))
     return 0
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from uniter_core.config import UniterConfig
 from uniter_core.data.dataset import ImageTextDataset
-from uniter_core.cli import StopRequest, describe_os_error, exit_with, output_path, run_command
+from uniter_core.cli import StopRequest, describe_os_error, exit_with, output_path, run_command, warn as cli_warn
 from uniter_core.errors import EnvironmentFailure, Interrupted, UserError
 from uniter_core.io import write_json
 from uniter_core.optim import build_optimizer, build_scheduler
@@ -85,10 +85,6 @@ class TrainingDiverged(UserError):
     """A non-finite loss or gradient: the step is not applied and nothing of it is saved."""
 
     exit_code = 1
-
-
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Trainer:
@@ -164,7 +160,7 @@ class Trainer:
     def _newest_checkpoint(self):
         """(folder, training state, model) of the newest checkpoint that loads, skipping damaged ones (said on
         stderr); (None, None, None) when the run has none yet; UserError when none of them loads."""
-        warn = _warn if self.rank == 0 else None
+        warn = cli_warn if self.rank == 0 else None
 
         def load(path: Path):
             state = CheckpointManager.read_state(path)

@@ -14,19 +14,19 @@ they skipped (a disk may still truncate or lose a file after the fact).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import contextlib
 import random
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 
+from uniter_core.cli import warn
 from uniter_core.errors import UserError
 from uniter_core.io import remove_stale_temporaries, write_jsonl, write_text
 from uniter_core.outputs import check_writable_location, lock_folder
@@ -257,7 +257,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     records, damaged = read_metrics(path)
     kept = [r for r in records if r.get("step", 0) <= step]
     if damaged or len(kept) < len(records):
-        _warn(f"{path}: kept the {len(kept)} records up to step {step}"
+        warn(f"{path}: kept the {len(kept)} records up to step {step}"
               + (f", dropped {len(records) - len(kept)} of later steps (they are recomputed)" if len(kept) < len(records) else "")
               + (f", dropped {len(damaged)} damaged line(s)" if damaged else ""))
         write_jsonl(path, kept)
@@ -293,7 +293,7 @@ def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
         for path in out.glob("eval_*.json"):
             if own_evaluation(path):
                 path.unlink()
-        _warn(f"--force: removed the earlier run in {out} (checkpoints {', '.join(existing) or 'none'}, metrics, "
+        warn(f"--force: removed the earlier run in {out} (checkpoints {', '.join(existing) or 'none'}, metrics, "
               f"config, evaluations)")
     elif has_run and not resume:
         held = f"checkpoints {', '.join(existing)}" if existing else "a run without checkpoints"
@@ -309,7 +309,3 @@ def lock_run_folder(out: Path):
     out.mkdir(parents=True, exist_ok=True)
     return lock_folder(out, f"--out {out} is being trained by another process right now; wait for it or choose "
                             f"another --out")
-
-
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -127,9 +127,10 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
     A half-written last line (a run killed while logging) is skipped, not fatal."""
     steps, evals, bad = [], [], []
     for number, record in metrics_lines(path):
-        if record is None or ("loss" in record and "task" in record and "step" not in record):
-            bad.append(number)  # the curves are drawn over the step
-        elif "loss" in record and "task" in record:
+        is_step = record is not None and "loss" in record and "task" in record
+        if record is None or (is_step and "step" not in record):  # the curves are drawn over the step
+            bad.append(number)
+        elif is_step:
             steps.append(record)
         elif isinstance(record.get("eval"), dict):
             evals += [{"step": record.get("step"), "split": split, **values}
