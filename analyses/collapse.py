@@ -23,13 +23,12 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from analyses.errors import as_input_error
 from uniter_core.cli import exit_with, run_command, warn
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.errors import UserError
-from uniter_core.evaluate import alignment_hits
+from uniter_core.grounding import alignment_hits, state_cosines
 from uniter_core.io import write_json
 from uniter_core.model import SequenceLayout
 from uniter_core.outputs import check_output_file, first_line
@@ -38,11 +37,6 @@ from uniter_core.train_state import CheckpointError
 
 COLUMNS = ("word_word", "region_region", "word_region", "word_to_regions", "cls_to_regions", "region_to_text",
            "word_box_ot")
-
-
-def _mean_off_diagonal(similarity: torch.Tensor) -> float:
-    n = similarity.size(0)
-    return float((similarity.sum() - similarity.diagonal().sum()) / (n * n - n)) if n > 1 else float("nan")
 
 
 @torch.inference_mode()
@@ -60,11 +54,8 @@ def layer_geometry(uniter, batch: dict, examples: list[dict] | None = None) -> l
         for k in range(len(layout)):
             cls, text = layout.cls_index(k), layout.text_slice(k)
             words, regions = layout.word_slice(k), layout.region_slice(k)
-            word_states = F.normalize(hidden[k, words].float(), dim=-1)
-            region_states = F.normalize(hidden[k, regions].float(), dim=-1)
-            values["word_word"].append(_mean_off_diagonal(word_states @ word_states.T))
-            values["region_region"].append(_mean_off_diagonal(region_states @ region_states.T))
-            values["word_region"].append(float((word_states @ region_states.T).mean()))
+            for name, value in state_cosines(hidden, layout, k).items():
+                values[name].append(value)
             if probs is not None:
                 values["word_to_regions"].append(float(probs[k, :, words, regions].sum(-1).mean()))
                 values["cls_to_regions"].append(float(probs[k, :, cls, regions].sum(-1).mean()))

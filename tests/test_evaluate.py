@@ -2,7 +2,7 @@
 import torch
 
 from uniter_core.config import UniterConfig
-from uniter_core.evaluate import alignment_hits
+from uniter_core.grounding import alignment_hits
 
 
 def test_alignment_hits_finds_a_word_whose_state_is_its_box_and_reports_chance():

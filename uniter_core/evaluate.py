@@ -1,14 +1,18 @@
-"""Evaluate a pre-trained UNITER: retrieval by ITM score, MLM accuracy, MRC-kl, and word-region alignment.
+"""Evaluate a pre-trained UNITER: retrieval by ITM score, MLM, MRC-kl, word-region grounding and collapse.
 
     python -m uniter_core.evaluate --run runs/pretrain-mini [--split test] [--which pretrained|baseline|both]
 
 - Retrieval: the first caption of each of up to 100 images of the split, all caption x image pairs scored by
   the ITM head (probability of "match"); text->image and image->text recall at 1, 5 and 10.
-- MLM accuracy: share of masked word-pieces predicted exactly (fixed masks, seed 0).
+- MLM: cross-entropy and accuracy on masked word-pieces (fixed masks, seed 0), and the accuracy apart for
+  grounded object words (the caption links them to a box: predicting them needs the image) and the rest.
 - MRC-kl: mean KL(detector soft labels || prediction) per masked region (fixed masks).
-- WRA alignment accuracy: for each word-piece with a ground-truth box in the corpus, does the region receiving
-  most of its transport mass (IPOT plan over the final-layer states of the true pair) belong to that box?
-  Chance level (1 / number of regions, averaged) is reported beside it.
+- Grounding (uniter_core.grounding), for every word-piece with a ground-truth box: WRA alignment, does the
+  region receiving most of its transport mass (IPOT plan over the final-layer states of the true pair) belong
+  to that box (alignment_accuracy), or cover its object with IoU >= 0.5 (alignment_covering, where the corpus
+  records region_object); the attention pointing game per layer (pointing_layerN: the region with the largest
+  head-averaged attention from the word-piece covers its object). Chance levels beside each.
+- Collapse: mean cosine between final states of different word-pieces, regions, and word-piece vs region.
 Results go to runs/NAME/eval_<split>.json (and the baseline, the un-pretrained initialisation, to
 eval_<split>_baseline.json).
 """
@@ -20,15 +24,16 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from uniter_core.cli import exit_with, run_command, warn
 from uniter_core.data.dataset import ImageTextDataset, alignment_by_position, collate
 from uniter_core.errors import UserError
 from uniter_core.io import write_json
-from uniter_core.ot import wra_plan
-from uniter_core.pretrain import UniterForPretraining, split_text_regions
+from uniter_core.grounding import COSINES, grounding_tally
+from uniter_core.pretrain import UniterForPretraining
 from uniter_core.runs import apply_speed_settings, initial_model, newest_loadable_model, read_run_config, run_corpus, to_device
-from uniter_core.tasks import MlmDataset, MrmDataset, mlm_collate, mrm_collate, wra_pads
+from uniter_core.tasks import MlmDataset, MrmDataset, mlm_collate, mrm_collate
 from uniter_core.train_config import TrainConfig
 
 
@@ -75,59 +80,69 @@ def retrieval(model, dataset: ImageTextDataset, n_candidates: int = 100) -> dict
 
 @torch.inference_mode()
 def masked_modelling(model, dataset: ImageTextDataset, max_examples: int = 500, batch_size: int = 64) -> dict:
+    """MLM loss and accuracy on fixed masks, apart for grounded word-pieces (those the caption links to an
+    object: predicting them needs the image) and the rest; MRC-kl on fixed region masks."""
     config = model.config
     indices = list(range(min(len(dataset), max_examples)))
     mlm = MlmDataset(dataset, config.mask_token_id, (config.first_word_piece_id, config.vocab_size),
                      config.mlm_prob, seed=0)
     mrm = MrmDataset(dataset, config.mrm_prob, seed=0)
-    correct = total = 0
-    kl_sum = regions = 0.0
+    correct = {"objects": 0, "rest": 0}
+    total = {"objects": 0, "rest": 0}
+    loss_sum = kl_sum = regions = 0.0
     for chunk in _batches(indices, batch_size):
-        batch = to_device(mlm_collate([mlm[i] for i in chunk]), model.device)
-        scores = model(batch, "mlm", compute_loss=False)
-        labels = batch["txt_labels"][batch["txt_labels"] != -1]
-        correct += int((scores.argmax(-1) == labels).sum())
-        total += labels.numel()
+        examples = [mlm[i] for i in chunk]
+        batch = to_device(mlm_collate(examples), model.device)
+        scores = model(batch, "mlm", compute_loss=False).float()
+        masked = batch["txt_labels"] != -1
+        grounded = torch.zeros_like(masked)
+        for b, example in enumerate(examples):
+            for position in alignment_by_position(example):
+                grounded[b, position] = True
+        labels, is_object = batch["txt_labels"][masked], grounded[masked]
+        right = scores.argmax(-1) == labels
+        loss_sum += float(F.cross_entropy(scores, labels, reduction="sum"))
+        for part, selected in (("objects", is_object), ("rest", ~is_object)):
+            correct[part] += int(right[selected].sum())
+            total[part] += int(selected.sum())
         batch = to_device(mrm_collate([mrm[i] for i in chunk]), model.device)
         kl = model(batch, "mrckl")
         kl_sum += float(kl.sum())
         regions += kl.size(0)
-    return {"mlm_accuracy": correct / max(total, 1), "mlm_targets": total,
+    targets = total["objects"] + total["rest"]
+    return {"mlm_loss": loss_sum / max(targets, 1),
+            "mlm_accuracy": (correct["objects"] + correct["rest"]) / max(targets, 1), "mlm_targets": targets,
+            "mlm_accuracy_objects": correct["objects"] / max(total["objects"], 1),
+            "mlm_object_targets": total["objects"],
+            "mlm_accuracy_rest": correct["rest"] / max(total["rest"], 1),
             "mrckl_kl": kl_sum / max(regions, 1), "mrm_regions": int(regions)}
 
 
-def alignment_hits(hidden: torch.Tensor, batch: dict, examples: list[dict], config) -> tuple[int, int, float]:
-    """WRA's transport plan over hidden states [B, L, H] of the true pairs (collated `examples`; `config`: the
-    UniterConfig's OT settings): (grounded word-pieces whose largest mass lands on one of their boxes, grounded
-    word-pieces, summed chance level)."""
-    txt_pad, img_pad = wra_pads(batch, hidden.device)
-    txt_emb, img_emb = split_text_regions(hidden.float(), txt_pad, img_pad)
-    _, plan = wra_plan(txt_emb, img_emb, txt_pad, img_pad, config.ot_beta, config.ot_iteration, config.ot_k,
-                       config.ot_solver)
-    hits = words = 0
-    chance = 0.0
-    for b, example in enumerate(examples):
-        for position, regions in alignment_by_position(example).items():
-            hits += int(int(plan[b, position].argmax()) in regions)
-            chance += len(regions) / batch["num_bbs"][b]
-            words += 1
-    return hits, words, chance
-
-
 @torch.inference_mode()
-def alignment_accuracy(model, dataset: ImageTextDataset, max_examples: int = 500, batch_size: int = 64) -> dict:
-    """Share of grounded word-pieces whose largest transport mass lands on one of their ground-truth boxes."""
-    indices = [i for i, t in enumerate(dataset.texts) if t.get("alignment")][:max_examples]
-    hits = words = 0
-    chance = 0.0
-    for chunk in _batches(indices, batch_size):
-        examples = [dataset[i] for i in chunk]
-        batch = to_device(collate(examples), model.device)
-        hidden = model.uniter.forward_batch(batch).last_hidden_state
-        chunk_hits, chunk_words, chunk_chance = alignment_hits(hidden, batch, examples, model.config)
-        hits, words, chance = hits + chunk_hits, words + chunk_words, chance + chunk_chance
-    return {"alignment_accuracy": hits / max(words, 1), "alignment_chance": chance / max(words, 1),
-            "aligned_words": words}
+def grounding(model, dataset: ImageTextDataset, max_examples: int = 500, batch_size: int = 64) -> dict:
+    """Word-region grounding of the true pairs (uniter_core.grounding): WRA's plan on the final states under the
+    own-box rule (alignment_accuracy) and, where the corpus records region_object, the covering rule; the
+    attention pointing game per encoder layer (covering rule where available, else own box); and the mean
+    cosines of the final states (collapse). Captions without an alignment count only for the cosines."""
+    grounded = [i for i, t in enumerate(dataset.texts) if t.get("alignment")][:max_examples]
+    tally = grounding_tally(model, dataset, grounded or list(range(min(len(dataset), max_examples))),
+                            batch_size)
+    last = model.config.num_hidden_layers
+    accuracy, chance, words = tally.accuracy((last, "plan", "box"))
+    results = {"alignment_accuracy": accuracy if words else 0.0, "alignment_chance": chance if words else 0.0,
+               "aligned_words": words}
+    accuracy, chance, words = tally.accuracy((last, "plan", "covering"))
+    if words:
+        results.update(alignment_covering=accuracy, alignment_covering_chance=chance)
+    rule = "covering" if words else "box"
+    for layer in range(1, last + 1):
+        accuracy, chance, words = tally.accuracy((layer, "attention", rule))
+        if words:
+            results[f"pointing_layer{layer}"] = accuracy
+            results.update(pointing_chance=chance, pointing_rule=rule)
+    for name in COSINES:
+        results[f"cosine_{name}"] = tally.mean_cosine(last, name)
+    return results
 
 
 def evaluate_model(model: UniterForPretraining, corpus: Path, split: str, config: TrainConfig | None = None,
@@ -142,7 +157,7 @@ def evaluate_model(model: UniterForPretraining, corpus: Path, split: str, config
     model.eval()
     try:
         return {**retrieval(model, dataset, n_candidates), **masked_modelling(model, dataset),
-                **alignment_accuracy(model, dataset)}
+                **grounding(model, dataset)}
     finally:
         model.train(was_training)
 

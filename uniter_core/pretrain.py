@@ -22,7 +22,8 @@ from torch import nn
 
 from uniter_core.checkpoint import init_text_from_bert, load_official_weights
 from uniter_core.config import UniterConfig
-from uniter_core.heads import RegionClassification, RegionFeatureRegression, UniterMLMHead, fit_mlm_head
+from uniter_core.heads import (RegionClassification, RegionFeatureRegression, UniterMLMHead, fit_mlm_head,
+                               probe_examples)
 from uniter_core.model import UniterModel, UniterPreTrainedModel
 from uniter_core.tasks import TASKS
 
@@ -57,13 +58,18 @@ class UniterForPretraining(UniterPreTrainedModel):
         return model
 
     @classmethod
-    def from_minilm(cls, config: UniterConfig | None = None, path=None) -> "UniterForPretraining":
+    def from_minilm(cls, config: UniterConfig | None = None, path=None, examples=(),
+                    feature_mean: torch.Tensor | None = None) -> "UniterForPretraining":
         """uniter-mini (or a config of the same widths) with text embeddings, encoder and pooler from the
-        offline MiniLM and the MLM head fitted to it (heads.fit_mlm_head); image side and other heads random.
+        offline MiniLM and the MLM head fitted to it by cross-entropy (heads.fit_mlm_head) on `examples` (e.g.
+        the training captions with their regions) and the probe sentences; image side and other heads random.
+        `feature_mean`: the mean region feature of centred features, set before the fit reads any region.
         The fit's report is kept in `model.mlm_head_report`."""
         model = cls(config or UniterConfig.from_preset("uniter-mini"))
         tokenizer = init_text_from_bert(model.uniter, path)
-        model.mlm_head_report = fit_mlm_head(model, tokenizer)
+        if feature_mean is not None:
+            model.uniter.img_embeddings.feat_mean.copy_(feature_mean)
+        model.mlm_head_report = fit_mlm_head(model, examples, probe_examples(tokenizer))
         return model
 
     # ---------------------------------------------------------------- tasks

@@ -13,15 +13,40 @@ from uniter_core.io import read_json
 
 ROWS = [("t2i_r1", "text→image R@1"), ("t2i_r5", "text→image R@5"), ("t2i_r10", "text→image R@10"),
         ("i2t_r1", "image→text R@1"), ("i2t_r5", "image→text R@5"), ("i2t_r10", "image→text R@10"),
-        ("mlm_accuracy", "MLM accuracy"), ("mrckl_kl", "MRC-kl (KL per region, lower is better)"),
-        ("alignment_accuracy", "WRA alignment accuracy"), ("alignment_chance", "alignment chance level")]
+        ("mlm_loss", "MLM loss (cross-entropy per masked word-piece)"), ("mlm_accuracy", "MLM accuracy"),
+        ("mlm_accuracy_objects", "MLM accuracy, grounded object words"),
+        ("mlm_accuracy_rest", "MLM accuracy, other word-pieces"),
+        ("mrckl_kl", "MRC-kl (KL per region, lower is better)"),
+        ("alignment_accuracy", "WRA alignment, own box"), ("alignment_chance", "own box chance level"),
+        ("alignment_covering", "WRA alignment, covering region (IoU ≥ 0.5)"),
+        ("alignment_covering_chance", "covering chance level"),
+        ("cosine_word_word", "final states: cosine word-word"),
+        ("cosine_region_region", "final states: cosine region-region"),
+        ("cosine_word_region", "final states: cosine word-region")]
+# what every evaluation file holds; the other rows came later and show "–" where an older file lacks them
+REQUIRED = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mlm_accuracy", "mrckl_kl",
+            "alignment_accuracy", "alignment_chance")
+POINTING = "pointing_layer"
+
+
+def _rows(results: dict) -> list[tuple[str, str]]:
+    """ROWS, with the pointing game's layers (and its chance level) after the alignment."""
+    layers = sorted((int(k[len(POINTING):]), k) for k in results if k.startswith(POINTING) and
+                    k[len(POINTING):].isdigit())
+    rule = "covering region" if results.get("pointing_rule") == "covering" else "own box"
+    pointing = [(key, f"attention pointing game, layer {n} ({rule})") for n, key in layers]
+    if layers:
+        pointing.append(("pointing_chance", "pointing game chance level"))
+    at = next(i for i, (key, _) in enumerate(ROWS) if key == "cosine_word_word")
+    return ROWS[:at] + pointing + ROWS[at:]
 
 
 def table(pretrained: dict, baseline: dict | None) -> str:
     lines = ["| metric | pre-trained | initialisation |", "|---|---|---|"]
-    for key, label in ROWS:
+    for key, label in _rows(pretrained):
+        value = f"{pretrained[key]:.3f}" if key in pretrained else "–"
         base = f"{baseline[key]:.3f}" if baseline and key in baseline else "–"
-        lines.append(f"| {label} | {pretrained[key]:.3f} | {base} |")
+        lines.append(f"| {label} | {value} | {base} |")
     return "\n".join(lines)
 
 
@@ -36,7 +61,7 @@ def read_results(path: Path, required: tuple[str, ...]) -> dict:
     if missing:
         raise UserError(f"evaluation results {path} lack {', '.join(missing)}; rerun python -m "
                         f"uniter_core.evaluate")
-    for key in ("candidates", *(key for key, _ in ROWS)):
+    for key in ("candidates", *(key for key, _ in _rows(results))):
         value = results.get(key)
         if key in results and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise UserError(f"evaluation results {path}: {key} is {value!r}, not a number; rerun python -m "
@@ -50,7 +75,7 @@ def run_report(run_dir: Path, split: str = "test") -> str:
     result_file = Path(run_dir) / f"eval_{split}.json"
     if not result_file.exists():
         raise UserError(f"{result_file} does not exist (train and evaluate the run first)")
-    pretrained = read_results(result_file, required=("checkpoint", "candidates", *(key for key, _ in ROWS)))
+    pretrained = read_results(result_file, required=("checkpoint", "candidates", *REQUIRED))
     baseline_file = Path(run_dir) / f"eval_{split}_baseline.json"
     baseline = read_results(baseline_file, required=()) if baseline_file.exists() else None
     return (f"{run_dir} ({pretrained['checkpoint']}), {split} split, {pretrained['candidates']} retrieval "

@@ -41,16 +41,27 @@ def model_config(config: TrainConfig) -> UniterConfig:
     return built
 
 
+MLM_FIT_CAPTIONS = 2400  # training captions (spread over the split) the MiniLM start fits its MLM head on
+
+
 def build_model(config: TrainConfig, train_set: ImageTextDataset | None = None) -> UniterForPretraining:
     """The initialisation of a run: the model named by model.init (MiniLM text weights, random, an official
     checkpoint or a run folder) and, with data.center_features, the training split's mean region feature
-    (train_set: that split, already open)."""
+    (train_set: that split, already open). The MiniLM start fits its MLM head to the training captions with
+    their regions, as MLM will read them."""
+    needs_data = config.data.center_features or config.model.init == "minilm"
+    if needs_data and train_set is None:
+        train_set = ImageTextDataset(config.data.corpus, config.data.train_split, config.data.max_text_len,
+                                     config.data.max_regions)
+    mean = (torch.from_numpy(train_set.store.feature_mean(train_set.image_ids))
+            if config.data.center_features else None)
+    if config.model.init == "minilm":
+        step = max(1, -(-len(train_set) // MLM_FIT_CAPTIONS))
+        examples = [train_set[i] for i in range(0, len(train_set), step)]
+        return UniterForPretraining.from_minilm(model_config(config), examples=examples, feature_mean=mean)
     model = _initial_weights(config)
-    if config.data.center_features:
-        train_set = train_set or ImageTextDataset(config.data.corpus, config.data.train_split,
-                                                  config.data.max_text_len, config.data.max_regions)
-        mean = train_set.store.feature_mean(train_set.image_ids)
-        model.uniter.img_embeddings.feat_mean.copy_(torch.from_numpy(mean))
+    if mean is not None:
+        model.uniter.img_embeddings.feat_mean.copy_(mean)
     return model
 
 
@@ -74,8 +85,6 @@ def apply_speed_settings(model: UniterForPretraining, config: TrainConfig) -> Un
 
 def _initial_weights(config: TrainConfig) -> UniterForPretraining:
     init = config.model.init
-    if init == "minilm":
-        return UniterForPretraining.from_minilm(model_config(config))
     if init == "random":
         return UniterForPretraining(model_config(config))
     path = Path(init)
