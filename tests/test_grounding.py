@@ -113,3 +113,18 @@ def test_evaluation_reports_mlm_by_word_kind_grounding_by_rule_and_collapse(mini
     assert [k for k in found if k.startswith("pointing_layer")] == ["pointing_layer1"]
     for name in ("word_word", "region_region", "word_region"):
         assert -1 <= found[f"cosine_{name}"] <= 1
+
+
+@pytest.mark.slow
+def test_a_fresh_minilm_run_logs_its_head_fit_once(tiny_corpus, tmp_path):
+    from uniter_core import train
+    from uniter_core.train_state import read_metrics
+    out = tmp_path / "run"
+    overrides = [*tiny_overrides(tiny_corpus, steps=2), "model.init=minilm", "model.overrides={num_hidden_layers: 1}"]
+    assert train.main(["--out", str(out), *overrides]) == 0
+    fits = [r["mlm_head_fit"] for r in read_metrics(out / "metrics.jsonl")[0] if "mlm_head_fit" in r]
+    assert len(fits) == 1 and fits[0]["cross_entropy_fitted"] < fits[0]["cross_entropy_start"]
+    assert train.main(["--out", str(out), *overrides[:-2], "run.num_steps=4", "model.init=minilm",
+                       "model.overrides={num_hidden_layers: 1}", "--resume"]) == 0
+    records = read_metrics(out / "metrics.jsonl")[0]
+    assert sum("mlm_head_fit" in r for r in records) == 1  # a resumed run does not fit again

@@ -138,6 +138,9 @@ class Trainer:
                     raise ConfigError(f"{where}: batch.max_tokens / batch.size_multiple: {error}") from None
         self.step = 0
         self.metrics_path = out / "metrics.jsonl"
+        fit = getattr(self.model, "mlm_head_report", None) if model is None else None
+        if fit:  # a fresh MiniLM start: its fitted MLM head (heads.fit_mlm_head), logged once
+            self.log([{"step": 0, "mlm_head_fit": fit}])
         if latest is not None:
             try:  # a config changed since the checkpoint (task mix, parameter groups) cannot continue it exactly
                 CheckpointManager.apply_state(state, self.optimizer, self.scheduler)
