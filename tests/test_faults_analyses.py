@@ -215,9 +215,16 @@ def test_report_of_damaged_results_names_the_file(case, which, tmp_path, capsys)
 
 
 def test_report_of_good_results_prints_the_table(tmp_path, capsys):
-    write_json(tmp_path / "eval_test.json", GOOD_RESULTS)
+    write_json(tmp_path / "eval_test.json", {**GOOD_RESULTS, "pointing_layer1": 0.25, "pointing_layer2": 0.75,
+                                             "pointing_chance": 0.1, "pointing_rule": "covering"})
     result = call(report.main, ["--run", tmp_path], capsys)
     assert result.code == 0 and "| text→image R@1 | 0.500 | – |" in result.stdout
+    assert "| attention pointing game, layer 2 (covering region) | 0.750 | – |" in result.stdout
+    # an evaluation written before MLM loss, the covering rule and the cosines existed still reports
+    write_json(tmp_path / "eval_test.json", {k: v for k, v in GOOD_RESULTS.items()
+                                             if k in ("checkpoint", "candidates", *report.REQUIRED)})
+    result = call(report.main, ["--run", tmp_path], capsys)
+    assert result.code == 0 and "| MLM loss (cross-entropy per masked word-piece) | – | – |" in result.stdout
 
 
 # ------------------------------------------------------------------------------------------ V6, V7: gold sample
