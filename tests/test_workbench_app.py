@@ -169,6 +169,7 @@ def test_training_page_curves_evaluation_and_bad_logs(open_app, workbench_env, t
     assert charts(at) >= 3 and at.metric[0].value == "6"
     table = at.dataframe[0].value
     assert "text→image R@1" in list(table["metric"]) and table["initialisation"].notna().all()
+    assert "attention pointing game, layer 2 (covering region)" in list(table["metric"])  # one row per layer
     run = tmp_path / "run"
     shutil.copytree(workbench_env["WORKBENCH_RUN"], run)
     with open(run / "metrics.jsonl", "a") as f:

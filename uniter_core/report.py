@@ -29,7 +29,7 @@ REQUIRED = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "mlm_a
 POINTING = "pointing_layer"
 
 
-def _rows(results: dict) -> list[tuple[str, str]]:
+def report_rows(results: dict) -> list[tuple[str, str]]:
     """ROWS, with the pointing game's layers (and its chance level) after the alignment."""
     layers = sorted((int(k[len(POINTING):]), k) for k in results if k.startswith(POINTING) and
                     k[len(POINTING):].isdigit())
@@ -43,7 +43,7 @@ def _rows(results: dict) -> list[tuple[str, str]]:
 
 def table(pretrained: dict, baseline: dict | None) -> str:
     lines = ["| metric | pre-trained | initialisation |", "|---|---|---|"]
-    for key, label in _rows(pretrained):
+    for key, label in report_rows(pretrained):
         value = f"{pretrained[key]:.3f}" if key in pretrained else "–"
         base = f"{baseline[key]:.3f}" if baseline and key in baseline else "–"
         lines.append(f"| {label} | {value} | {base} |")
@@ -61,7 +61,7 @@ def read_results(path: Path, required: tuple[str, ...]) -> dict:
     if missing:
         raise UserError(f"evaluation results {path} lack {', '.join(missing)}; rerun python -m "
                         f"uniter_core.evaluate")
-    for key in ("candidates", *(key for key, _ in _rows(results))):
+    for key in ("candidates", *(key for key, _ in report_rows(results))):
         value = results.get(key)
         if key in results and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise UserError(f"evaluation results {path}: {key} is {value!r}, not a number; rerun python -m "

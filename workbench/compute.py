@@ -23,7 +23,7 @@ from uniter_core.data.dataset import collate
 from uniter_core.errors import UserError
 from uniter_core.model import SequenceLayout
 from uniter_core.ot import cost_matrix_cosine, ipot
-from uniter_core.report import ROWS
+from uniter_core.report import report_rows
 from uniter_core.runs import to_device
 from uniter_core.train_state import metrics_lines
 
@@ -158,7 +158,7 @@ def read_eval(path: Path) -> dict | None:
 def eval_table(pretrained: dict, baseline: dict | None) -> pd.DataFrame:
     """The rows of uniter_core.report: pre-trained beside the initialisation, with the difference."""
     rows = []
-    for key, label in ROWS:
+    for key, label in report_rows(pretrained):
         if not _is_number(pretrained.get(key)):  # absent, or a hand-edited file with text in it
             continue
         base = baseline.get(key) if baseline and _is_number(baseline.get(key)) else None

@@ -1,4 +1,5 @@
 """Training: per-task losses, learning rate and throughput from metrics.jsonl, and the final evaluation."""
+import pandas as pd
 import streamlit as st
 
 from workbench import compute, loaders, plots, ui
@@ -42,7 +43,8 @@ if len(steps):
         right.plotly_chart(plots.lines(steps, "step", "tokens_per_s", title="Throughput", smooth=smooth,
                                        y_title="tokens / s"), key="t_speed", config=ui.CHART)
 if len(evals) > 1:
-    metric = st.selectbox("Evaluation during training", [c for c in evals.columns if c not in ("step", "split")],
+    numeric = [c for c in evals.columns if c not in ("step", "split") and pd.api.types.is_numeric_dtype(evals[c])]
+    metric = st.selectbox("Evaluation during training", numeric,
                           key="train_eval_metric")
     st.plotly_chart(plots.lines(evals, "step", metric, "split", f"{metric} during training"), key="t_evals",
                     config=ui.CHART)
