@@ -140,8 +140,10 @@ def grounding(model, dataset: ImageTextDataset, max_examples: int = 500, batch_s
         if words:
             results[f"pointing_layer{layer}"] = accuracy
             results.update(pointing_chance=chance, pointing_rule=rule)
-    for name in COSINES:
-        results[f"cosine_{name}"] = tally.mean_cosine(last, name)
+    for name in COSINES:  # absent when no example has two states of a kind (a NaN would block the file)
+        value = tally.mean_cosine(last, name)
+        if value == value:
+            results[f"cosine_{name}"] = value
     return results
 
 
