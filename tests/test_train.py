@@ -99,7 +99,27 @@ def test_the_baseline_is_the_runs_own_initialisation(tiny_corpus, tmp_path):
                            started["uniter.img_embeddings.img_linear.weight"])
 
 
+def test_the_wra_weight_follows_its_schedule(tiny_corpus, tmp_path):
+    """tasks.itm_ot_schedule: the weight starts at itm_ot_lambda, moves linearly between the points and stays at
+    the last one; each ITM step logs it and back-propagates cross-entropy + weight * WRA."""
+    out = tmp_path / "run"
+    assert train.main(["--out", str(out), "--no-eval", *tiny_overrides(tiny_corpus, steps=10),
+                       "tasks.mix={itm: 1}", "tasks.itm_ot_lambda=2.0",
+                       "tasks.itm_ot_schedule=[[4, 1.0], [8, 0.0]]"]) == 0
+    records = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("task") == "itm"]
+    assert [r["step"] for r in records] == list(range(1, 11))
+    expected = [2.0, 1.75, 1.5, 1.25, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]  # step k runs with the weight at index k-1
+    assert [r["wra_weight"] for r in records] == pytest.approx(expected)
+    for record in records:
+        assert record["loss"] == pytest.approx(record["loss_itm_xe"] + record["wra_weight"] * record["loss_itm_ot"],
+                                               rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.parametrize("override, message", [
+    ("tasks.itm_ot_schedule=[[0, 1.0]]", "tasks.itm_ot_schedule needs whole steps above 0"),
+    ("tasks.itm_ot_schedule=[[50, 1.0], [20, 0.1]]", "each larger than the one before"),
+    ("tasks.itm_ot_schedule=[[50, -1]]", "needs weights that are numbers >= 0"),
+    ("tasks.itm_ot_schedule=[50, 1.0]", "must be a list of [step, weight] pairs"),
     ("optim.learning_rate=1", "unknown key 'optim.learning_rate'"),
     ("data.corpus=/nonexistent/corpus", "not a built corpus"),
     ("model.overrides={img_dim: 2048}", "dimension 1280 but the model expects img_dim 2048"),

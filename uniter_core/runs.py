@@ -22,7 +22,7 @@ from uniter_core.data.dataset import ImageTextDataset
 from uniter_core.errors import UserError
 from uniter_core.io import read_json
 from uniter_core.pretrain import UniterForPretraining
-from uniter_core.train_config import ConfigError, TrainConfig, config_from_dict
+from uniter_core.train_config import ConfigError, TrainConfig, config_from_dict, wra_weight_max
 from uniter_core.train_state import CheckpointError, newest_loadable, non_finite_weights
 
 OFFICIAL_MAX_TEXT_LEN, OFFICIAL_MAX_REGIONS = 60, 100  # the official UNITER data limits (max_txt_len, max_bb)
@@ -33,7 +33,7 @@ def model_config(config: TrainConfig) -> UniterConfig:
     """The model's sizes of a training config: its preset with the task settings and model.overrides."""
     try:
         built = UniterConfig.from_preset(config.model.preset, **{
-            "itm_neg_prob": config.tasks.itm_neg_prob, "itm_ot_lambda": config.tasks.itm_ot_lambda,
+            "itm_neg_prob": config.tasks.itm_neg_prob, "itm_ot_lambda": wra_weight_max(config.tasks),
             **config.model.overrides})
     except Exception as error:  # noqa: BLE001 - the preset's own checks (sizes, known fields), whatever their type
         reason = str(error).strip().splitlines()[-1].strip()  # validators may wrap the reason in more lines

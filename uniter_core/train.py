@@ -32,7 +32,7 @@ from uniter_core.optim import build_optimizer, build_scheduler
 from uniter_core.outputs import check_writable_location
 from uniter_core.pretrain import task_loss
 from uniter_core.tasks import TaskSampler, TaskStream, build_task_dataset
-from uniter_core.train_config import ConfigError, TrainConfig, load_config
+from uniter_core.train_config import ConfigError, TrainConfig, load_config, wra_weight_at
 from uniter_core.evaluate import evaluate_model, write_results
 from uniter_core.runs import apply_speed_settings, build_model, load_finite_model, model_config, to_device
 from uniter_core.train_state import (CheckpointError, CheckpointManager, lock_run_folder, newest_loadable,
@@ -196,13 +196,14 @@ class Trainer:
         module = self.ddp or self.model
         module.train()
         accum = self.config.optim.grad_accum
+        wra_weight = wra_weight_at(self.config.tasks, self.step)
         parts_sum: dict[str, float] = {}
         examples = tokens = 0
         for micro in range(accum):
             batch = to_device(self.streams[task].next_batch(), self.device, non_blocking=True)
             sync = self.ddp is None or micro == accum - 1
             with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self.autocast():
-                loss, parts = task_loss(task, module(batch, task), self.model.config.itm_ot_lambda)
+                loss, parts = task_loss(task, module(batch, task), wra_weight)
                 if self.ddp is None and not torch.isfinite(loss):  # under DDP the gradient check below decides
                     self._diverged(task, f"the loss is {float(loss.detach())}")
                 (loss / accum).backward()
@@ -220,6 +221,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         record = {"params_in_sync": self.params_in_sync()} if self.config.run.sync_check else {}
+        if task == "itm" and "itm_ot" in parts_sum:
+            record["wra_weight"] = wra_weight
         return {**record, "step": self.step, "task": task, "loss": parts_sum[task], **{f"loss_{k}": v for k, v in
                 parts_sum.items() if k != task}, "lr": lr, "grad_norm": float(grad_norm),
                 "examples": examples * self.world_size, "tokens": tokens * self.world_size}

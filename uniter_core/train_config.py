@@ -24,6 +24,20 @@ class ConfigError(UserError, ValueError):
     """A training config that cannot be run."""
 
 
+def wra_weight_at(tasks: "TaskSection", step: int) -> float:
+    """The WRA weight of the step with index `step` (0-based): tasks.itm_ot_lambda, or its schedule."""
+    points = [(0, float(tasks.itm_ot_lambda))] + [(int(at), float(weight)) for at, weight in tasks.itm_ot_schedule]
+    for (start, low), (end, high) in zip(points, points[1:]):
+        if step < end:
+            return low + (high - low) * (step - start) / (end - start)
+    return points[-1][1]
+
+
+def wra_weight_max(tasks: "TaskSection") -> float:
+    """The largest WRA weight a run reaches: WRA's inputs are built whenever it is above 0."""
+    return max([float(tasks.itm_ot_lambda)] + [float(weight) for _, weight in tasks.itm_ot_schedule])
+
+
 @dataclass
 class ModelSection:
     preset: str = "uniter-mini"  # uniter-mini | uniter-base | uniter-large
@@ -49,7 +63,10 @@ class DataSection:
 class TaskSection:
     mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))
     itm_neg_prob: float = 0.5
-    itm_ot_lambda: float = 0.1
+    itm_ot_lambda: float = 0.1  # weight of the WRA loss in ITM steps (the official value)
+    # Optional: [[step, weight], ...] with increasing steps. The weight starts at itm_ot_lambda at step 0, moves
+    # linearly from point to point and stays at the last weight. Empty: itm_ot_lambda throughout.
+    itm_ot_schedule: tuple = ()
 
 
 @dataclass
@@ -137,6 +154,22 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {type(current).__name__}, got {value!r}")
 
 
+def _schedule_problem(schedule) -> str | None:
+    """Why a WRA weight schedule cannot be used, or None: it must be [step, weight] pairs, steps increasing."""
+    previous = 0
+    for point in schedule:
+        if not (isinstance(point, (list, tuple)) and len(point) == 2):
+            return "must be a list of [step, weight] pairs"
+        step, weight = point
+        if not (isinstance(step, int) and not isinstance(step, bool) and step > previous):
+            return "needs whole steps above 0, each larger than the one before"
+        if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight)
+                and weight >= 0):
+            return "needs weights that are numbers >= 0"
+        previous = step
+    return None
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form section.key=value")
@@ -210,6 +243,9 @@ def validate(config: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: tasks.itm_neg_prob must lie in [0, 1], got {config.tasks.itm_neg_prob}")
     if not math.isfinite(config.tasks.itm_ot_lambda) or config.tasks.itm_ot_lambda < 0:
         raise ConfigError(f"{where}: tasks.itm_ot_lambda must be >= 0, got {config.tasks.itm_ot_lambda}")
+    problem = _schedule_problem(config.tasks.itm_ot_schedule)
+    if problem:
+        raise ConfigError(f"{where}: tasks.itm_ot_schedule {problem}, got {list(config.tasks.itm_ot_schedule)}")
     for key in ("corpus", "train_split", "val_split", "test_split"):
         if not getattr(config.data, key):
             raise ConfigError(f"{where}: data.{key} must not be empty")
