@@ -3,13 +3,16 @@
     python -m analyses.gold sample --run runs/pretrain-mini --split val --n 240 --out analyses/gold
     python -m analyses.gold sheets --maps analyses/gold/candidates.npz --out /tmp/sheets   # look at them
     # ... write analyses/gold/labels.csv (index,label[,provenance]) by eye, see analyses/gold/GUIDE.md ...
+    python -m analyses.gold agree --labels a.csv b.csv [c.csv] --out merged.csv   # two annotators, apart
     python -m analyses.gold finish --gold analyses/gold        # keep the labelled maps, render the guide
 
 `sample` streams the split through the model, and picks maps spread evenly over the classes that the current
 classifier predicts and over layers, so that rare patterns are shown at all; the suggestion is used only to
 choose maps and is never written down, so the labels are made by looking, not by the rules or the classifier.
 `sheets` draws numbered maps with the text/region boundary marked. `finish` drops unlabelled candidates into
-`maps.npz` and renders one example picture per class for the labelling guide.
+`maps.npz` and renders one example picture per class for the labelling guide. `agree` compares two annotators
+who labelled the same sheets apart (share agreed, Cohen's kappa) and, with a third annotator's labels of the maps
+they disagree on, writes one label per map by majority (`skip` where there is none).
 """
 from __future__ import annotations
 
@@ -20,13 +23,15 @@ from typing import Callable
 import numpy as np
 
 from analyses.errors import as_input_error
-from analyses.goldset import LABELS, PROVENANCE, next_free_index, provenance_row, read_labels, write_csv
+from analyses.goldset import (LABELS, PROVENANCE, annotator_agreement, merged_labels, next_free_index, provenance_row,
+                              read_labels, write_csv)
 from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
 from analyses.patterns import PATTERNS
 from uniter_core.cli import exit_with, run_command
 from uniter_core.io import atomic_path
 from uniter_core.outputs import OutputError, check_output_file, check_writable_location, first_line, png_text
 
+MERGED_HEADER = "index,label,labeller,note"  # `agree --out`: the first line that marks its own files
 PNG_SOURCE = "analyses.gold"  # the PNG text chunk Source of every picture this module draws: marks its own files
 
 
@@ -210,6 +215,29 @@ def draw_sheets(*, maps: Path, out: Path, labels: Path | None = None) -> list[Pa
     return write_sheets(records, out, titles)
 
 
+@as_input_error()
+def compare_annotators(*, labels: list[Path], out: Path | None = None) -> dict:
+    """`agree`: the agreement of the first two labels files (same maps, labelled apart); with `out`, one label
+    per map (merged_labels, the third file breaking ties) written there as index,label,labeller,note."""
+    if out is not None:
+        check_output_file(out, "gold agree", lambda f: first_line(f).rstrip("\r") == MERGED_HEADER, what="--out")
+    read = [{i: row["label"] for i, row in read_labels(path).items()} for path in labels]
+    first, second = read[0], read[1]
+    for path, mine, other in ((labels[1], second, first), (labels[0], first, second)):
+        missing = sorted(set(other) - set(mine))
+        if missing:
+            raise MapFileError(f"{path}: index {missing[0]} is not labelled; both annotators must label every map")
+    result = annotator_agreement(first, second)
+    third = read[2] if len(read) > 2 else None
+    if third is not None:
+        missing = [i for i, _, _ in result["disagreements"] if i not in third]
+        if missing:
+            raise MapFileError(f"{labels[2]}: index {missing[0]}, where the first two disagree, is not labelled")
+    if out is not None:
+        write_csv(out, merged_labels(first, second, third), MERGED_HEADER.split(","))
+    return result
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -225,9 +253,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--maps", required=True, type=Path)
     r.add_argument("--labels", type=Path, help="optional labels.csv: show each map's label in its title")
     r.add_argument("--out", required=True, type=Path)
+    a = sub.add_parser("agree", help="agreement of two annotators; with a third, one label per map")
+    a.add_argument("--labels", required=True, type=Path, nargs="+", metavar="CSV",
+                   help="two index,label files of the same maps, labelled apart; a third breaks their ties")
+    a.add_argument("--out", type=Path, help="write the merged index,label,labeller,note here (a new file)")
     f = sub.add_parser("finish", help="write maps.npz of the labelled candidates and the guide's pictures")
     f.add_argument("--gold", required=True, type=Path)
     args = p.parse_args(argv)
+    if args.command == "agree" and len(args.labels) not in (2, 3):
+        a.error(f"--labels takes two or three files, not {len(args.labels)}")
     if args.command == "sample":
         for option, value in (("--n", args.n), ("--max-examples", args.max_examples)):
             if value < 1:
@@ -246,6 +280,14 @@ def _cli(argv=None) -> None:
     elif args.command == "sheets":
         paths = draw_sheets(maps=args.maps, out=args.out, labels=args.labels)
         print(f"{len(paths)} sheets in {args.out}")
+    elif args.command == "agree":
+        result = compare_annotators(labels=args.labels, out=args.out)
+        print(f"{result['maps']} maps: the annotators agree on {result['agreed']} ({result['agreement']:.1%}), "
+              f"Cohen's kappa {result['kappa']:.3f}")
+        for index, first, second in result["disagreements"]:
+            print(f"  map {index}: {first} / {second}")
+        if args.out:
+            print(f"one label per map in {args.out}")
     else:
         counts = finish(args.gold)
         print(f"{args.gold / 'maps.npz'}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

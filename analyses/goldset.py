@@ -144,3 +144,34 @@ def add_gold_label(gold_dir: Path, attention: np.ndarray, n_text: int, n_regions
     table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
     write_text(gold_dir / "labels.csv", table.to_csv(index=False))
     return index
+
+
+# ------------------------------------------------------------------------------------------ two annotators
+def annotator_agreement(first: dict[int, str], second: dict[int, str]) -> dict:
+    """How far two annotators who labelled the same maps apart agree: the share of maps with the same label and
+    Cohen's kappa (that share corrected for the agreement their label frequencies give by chance)."""
+    from sklearn.metrics import cohen_kappa_score  # only this command needs it
+
+    indices = sorted(first)
+    a, b = [first[i] for i in indices], [second[i] for i in indices]
+    same = sum(x == y for x, y in zip(a, b))
+    kappa = float(cohen_kappa_score(a, b)) if len(set(a) | set(b)) > 1 else 1.0
+    return {"maps": len(indices), "agreed": same, "agreement": same / len(indices), "kappa": kappa,
+            "disagreements": [(i, first[i], second[i]) for i in indices if first[i] != second[i]]}
+
+
+def merged_labels(first: dict[int, str], second: dict[int, str], third: dict[int, str] | None) -> list[dict]:
+    """One label per map: the two annotators' label where they agree; where they do not, the label that a third
+    annotator shares with one of them, or `skip` (kept, not trained on) when there is no majority or no third."""
+    rows = []
+    for index in sorted(first):
+        a, b = first[index], second[index]
+        if a == b:
+            rows.append({"index": index, "label": a, "labeller": "two annotators, agreed", "note": ""})
+            continue
+        c = third.get(index) if third else None
+        label = c if c in (a, b) else "skip"
+        how = "majority of three" if c in (a, b) else ("no majority of three" if c else "two annotators, disagreed")
+        rows.append({"index": index, "label": label, "labeller": how,
+                     "note": f"annotators: {a} / {b}" + (f" / {c}" if c else "")})
+    return rows

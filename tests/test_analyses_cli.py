@@ -180,6 +180,38 @@ def test_gold_format_round_trip(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- gold-set tools
+def test_gold_agree_reports_kappa_and_merges_by_majority(tmp_path, capsys):
+    from analyses import gold
+
+    first = ["vertical", "block", "diagonal", "block", "vertical", "heterogeneous"]
+    second = ["vertical", "diagonal", "diagonal", "heterogeneous", "vertical", "heterogeneous"]
+    files = []
+    for name, labels in (("a", first), ("b", second), ("c", {1: "block", 3: "vertical"})):
+        rows = labels.items() if isinstance(labels, dict) else enumerate(labels)
+        files.append(tmp_path / f"{name}.csv")
+        files[-1].write_text("index,label\n" + "".join(f"{i},{label}\n" for i, label in rows))
+    observed = 4 / 6  # Cohen's kappa by its definition, from the two lists' label frequencies
+    classes = set(first) | set(second)
+    expected = sum(first.count(c) * second.count(c) for c in classes) / 36
+    kappa = (observed - expected) / (1 - expected)
+    code, out = run(gold, ["agree", "--labels", *files, "--out", tmp_path / "merged.csv"], capsys)
+    assert code == 0, out.err
+    assert f"agree on 4 (66.7%), Cohen's kappa {kappa:.3f}" in out.out
+    assert "map 1: block / diagonal" in out.out and "map 3: block / heterogeneous" in out.out
+    merged = pd.read_csv(tmp_path / "merged.csv")
+    assert merged["label"].tolist() == ["vertical", "block", "diagonal", "skip", "vertical", "heterogeneous"]
+    assert merged.loc[1, "labeller"] == "majority of three" and merged.loc[3, "labeller"] == "no majority of three"
+    # a rerun may replace its own output, never a file of the user's; a third file must cover every disagreement
+    assert run(gold, ["agree", "--labels", *files[:2], "--out", tmp_path / "merged.csv"], capsys)[0] == 0
+    code, out = run(gold, ["agree", "--labels", *files[:2], "--out", files[2]], capsys)
+    assert code == 2 and "was not written by gold agree" in out.err
+    (tmp_path / "c.csv").write_text("index,label\n1,block\n")
+    code, out = run(gold, ["agree", "--labels", *files], capsys)
+    assert code == 2 and "index 3, where the first two disagree, is not labelled" in out.err
+    code, out = run(gold, ["agree", "--labels", files[0], tmp_path / "c.csv"], capsys)
+    assert code == 2 and "index 0 is not labelled" in out.err and "Traceback" not in out.err
+
+
 def test_gold_sample_sheets_and_finish(tiny_run, model_path, tmp_path, capsys):
     from analyses import gold
     out = tmp_path / "gold"
