@@ -219,10 +219,16 @@ def draw_sheets(*, maps: Path, out: Path, labels: Path | None = None) -> list[Pa
 def compare_annotators(*, labels: list[Path], out: Path | None = None) -> dict:
     """`agree`: the agreement of the first two labels files (same maps, labelled apart); with `out`, one label
     per map (merged_labels, the third file breaking ties) written there as index,label,labeller,note."""
+    if len({path.resolve() for path in labels}) < len(labels):
+        raise MapFileError("--labels: the same file is given twice; give each annotator's own file")
     if out is not None:
+        if out.resolve() in {path.resolve() for path in labels}:
+            raise MapFileError(f"--out {out} is also one of the --labels files; write the merge to a new file")
         check_output_file(out, "gold agree", lambda f: first_line(f).rstrip("\r") == MERGED_HEADER, what="--out")
     read = [{i: row["label"] for i, row in read_labels(path).items()} for path in labels]
     first, second = read[0], read[1]
+    if not first:
+        raise MapFileError(f"{labels[0]}: labels no maps (only the header)")
     for path, mine, other in ((labels[1], second, first), (labels[0], first, second)):
         missing = sorted(set(other) - set(mine))
         if missing:
@@ -282,7 +288,7 @@ def _cli(argv=None) -> None:
         print(f"{len(paths)} sheets in {args.out}")
     elif args.command == "agree":
         result = compare_annotators(labels=args.labels, out=args.out)
-        print(f"{result['maps']} maps: the annotators agree on {result['agreed']} ({result['agreement']:.1%}), "
+        print(f"{result['maps']} map{'s' if result['maps'] != 1 else ''}: the annotators agree on {result['agreed']} ({result['agreement']:.1%}), "
               f"Cohen's kappa {result['kappa']:.3f}")
         for index, first, second in result["disagreements"]:
             print(f"  map {index}: {first} / {second}")

@@ -36,9 +36,13 @@ def read_labels(path: Path, labels: tuple[str, ...] | None = LABELS) -> dict[int
 
     MapFileError, naming the file and line, for a file that is not a UTF-8 CSV with the columns index,label, a
     missing or non-integer index, a repeated index or an empty label."""
+    if path.is_dir():
+        raise MapFileError(f"{path} is a folder, not a labels CSV")
     if not path.is_file():
-        raise MapFileError(f"{path}: no such file")
+        raise MapFileError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
     data = path.read_bytes()
+    if not data.strip():
+        raise MapFileError(f"{path} is empty; a labels CSV needs the columns index,label")
     if b"\0" in data:
         line = data[:data.index(b"\0")].count(b"\n") + 1
         raise MapFileError(f"{path}: line {line} contains a NUL byte, so it is not a text CSV")

@@ -6,6 +6,7 @@ code, no Python traceback, user files intact and nothing half-written.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import signal
 import subprocess
@@ -49,13 +50,15 @@ def run(module: str, *args, env: dict | None = None, timeout: float = 600, cwd: 
 
 def run_and_signal(module: str, *args, when, sig=signal.SIGINT, env: dict | None = None, timeout: float = 600,
                    poll: float = 0.05) -> Result:
-    """Start the command, send `sig` as soon as `when()` is true (polled), and wait for it to end."""
+    """Start the command, send `sig` as soon as `when()` is true (polled; a `when` with a parameter is given the
+    process), and wait for it to end."""
     proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=command_env(env), cwd=ROOT,
                             stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     try:
-        while not when():
+        ready = (lambda: when(proc)) if inspect.signature(when).parameters else when
+        while not ready():
             if proc.poll() is not None:
                 out, err = proc.communicate()
                 raise AssertionError(f"{module} ended (exit {proc.returncode}) before the signal point:\n{err[-3000:]}")

@@ -210,6 +210,18 @@ def test_gold_agree_reports_kappa_and_merges_by_majority(tmp_path, capsys):
     assert code == 2 and "index 3, where the first two disagree, is not labelled" in out.err
     code, out = run(gold, ["agree", "--labels", files[0], tmp_path / "c.csv"], capsys)
     assert code == 2 and "index 0 is not labelled" in out.err and "Traceback" not in out.err
+    # inputs are never outputs, one file is not two annotators, a header alone labels nothing
+    merged = tmp_path / "merged.csv"
+    code, out = run(gold, ["agree", "--labels", merged, files[1], "--out", merged], capsys)
+    assert code == 2 and "is also one of the --labels files" in out.err
+    code, out = run(gold, ["agree", "--labels", files[0], files[0]], capsys)
+    assert code == 2 and "the same file is given twice" in out.err
+    for name in ("h1.csv", "h2.csv"):
+        (tmp_path / name).write_text("index,label\n")
+    code, out = run(gold, ["agree", "--labels", tmp_path / "h1.csv", tmp_path / "h2.csv"], capsys)
+    assert code == 2 and "labels no maps" in out.err and "Traceback" not in out.err
+    code, out = run(gold, ["agree", "--labels", tmp_path, files[1]], capsys)
+    assert code == 2 and "is a folder" in out.err
 
 
 def test_gold_sample_sheets_and_finish(tiny_run, model_path, tmp_path, capsys):

@@ -211,9 +211,15 @@ def test_a_closed_stdout_and_ctrl_c_while_starting(trained_run, tmp_path):
     done = subprocess.run(f"{sys.executable} -m uniter_core.report --run {trained_run} >&-", shell=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert "Traceback" not in done.stderr, done.stderr
-    import time
-    start = time.monotonic()  # after the interpreter's own start, during the imports of torch and the model
-    result = run_and_signal("uniter_core.train", "--out", tmp_path / "run", when=lambda: time.monotonic() - start > 1.0)
+    def importing_torch(proc) -> bool:
+        """torch's library is mapped: the imports have begun, the heavier ones (transformers, the model) are still
+        ahead, so the signal lands while the command starts, not after its first check of the config."""
+        try:
+            return "libtorch_cpu" in Path(f"/proc/{proc.pid}/maps").read_text()
+        except OSError:
+            return False
+
+    result = run_and_signal("uniter_core.train", "--out", tmp_path / "run", when=importing_torch, poll=0.01)
     assert_failed_cleanly(result, 130, "interrupted")
     assert not (tmp_path / "run").exists()
 

@@ -105,7 +105,7 @@ def test_the_wra_weight_follows_its_schedule(tiny_corpus, tmp_path):
     out = tmp_path / "run"
     assert train.main(["--out", str(out), "--no-eval", *tiny_overrides(tiny_corpus, steps=10),
                        "tasks.mix={itm: 1}", "tasks.itm_ot_lambda=2.0",
-                       "tasks.itm_ot_schedule=[[4, 1.0], [8, 0.0]]"]) == 0
+                       "tasks.itm_ot_schedule=[[4, 1.0], [8, 0e0]]"]) == 0  # 0e0: YAML reads it as text
     records = [r for r in read_jsonl(out / "metrics.jsonl") if r.get("task") == "itm"]
     assert [r["step"] for r in records] == list(range(1, 11))
     expected = [2.0, 1.75, 1.5, 1.25, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]  # step k runs with the weight at index k-1
@@ -116,10 +116,10 @@ def test_the_wra_weight_follows_its_schedule(tiny_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("tasks.itm_ot_schedule=[[0, 1.0]]", "tasks.itm_ot_schedule needs whole steps above 0"),
-    ("tasks.itm_ot_schedule=[[50, 1.0], [20, 0.1]]", "each larger than the one before"),
-    ("tasks.itm_ot_schedule=[[50, -1]]", "needs weights that are numbers >= 0"),
-    ("tasks.itm_ot_schedule=[50, 1.0]", "must be a list of [step, weight] pairs"),
+    ("tasks.itm_ot_schedule=[[0, 1.0]]", "point 1 [0, 1.0] needs a whole step above 0"),
+    ("tasks.itm_ot_schedule=[[50, 1.0], [20, 0.1]]", "point 2 [20, 0.1] needs a whole step above 50"),
+    ("tasks.itm_ot_schedule=[[50, -1]]", "point 1 [50, -1] needs a weight that is a number >= 0"),
+    ("tasks.itm_ot_schedule=[50, 1.0]", "must be a list of [step, weight] pairs; point 1 is 50"),
     ("optim.learning_rate=1", "unknown key 'optim.learning_rate'"),
     ("data.corpus=/nonexistent/corpus", "not a built corpus"),
     ("model.overrides={img_dim: 2048}", "dimension 1280 but the model expects img_dim 2048"),

@@ -154,20 +154,29 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {type(current).__name__}, got {value!r}")
 
 
-def _schedule_problem(schedule) -> str | None:
-    """Why a WRA weight schedule cannot be used, or None: it must be [step, weight] pairs, steps increasing."""
-    previous = 0
-    for point in schedule:
+def _checked_schedule(schedule, where: str) -> tuple:
+    """A WRA weight schedule as ((step, weight), ...): [step, weight] pairs with whole steps, each larger than the
+    one before, and finite weights >= 0 (YAML's "1e-1", read as text, counts as the number it spells)."""
+    key = f"{where}: tasks.itm_ot_schedule"
+    checked, previous = [], 0
+    for number, point in enumerate(schedule, 1):
         if not (isinstance(point, (list, tuple)) and len(point) == 2):
-            return "must be a list of [step, weight] pairs"
+            raise ConfigError(f"{key} must be a list of [step, weight] pairs; point {number} is {point!r}")
         step, weight = point
         if not (isinstance(step, int) and not isinstance(step, bool) and step > previous):
-            return "needs whole steps above 0, each larger than the one before"
+            raise ConfigError(f"{key}: point {number} {list(point)!r} needs a whole step above {previous} (steps "
+                              f"start above 0 and increase)")
+        if isinstance(weight, str):
+            try:
+                weight = float(weight)
+            except ValueError:
+                pass
         if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight)
                 and weight >= 0):
-            return "needs weights that are numbers >= 0"
+            raise ConfigError(f"{key}: point {number} {list(point)!r} needs a weight that is a number >= 0")
+        checked.append((step, float(weight)))
         previous = step
-    return None
+    return tuple(checked)
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -243,9 +252,7 @@ def validate(config: TrainConfig, where: str) -> None:
         raise ConfigError(f"{where}: tasks.itm_neg_prob must lie in [0, 1], got {config.tasks.itm_neg_prob}")
     if not math.isfinite(config.tasks.itm_ot_lambda) or config.tasks.itm_ot_lambda < 0:
         raise ConfigError(f"{where}: tasks.itm_ot_lambda must be >= 0, got {config.tasks.itm_ot_lambda}")
-    problem = _schedule_problem(config.tasks.itm_ot_schedule)
-    if problem:
-        raise ConfigError(f"{where}: tasks.itm_ot_schedule {problem}, got {list(config.tasks.itm_ot_schedule)}")
+    config.tasks.itm_ot_schedule = _checked_schedule(config.tasks.itm_ot_schedule, where)
     for key in ("corpus", "train_split", "val_split", "test_split"):
         if not getattr(config.data, key):
             raise ConfigError(f"{where}: data.{key} must not be empty")
