@@ -48,13 +48,20 @@ def run(module: str, *args, env: dict | None = None, timeout: float = 600, cwd: 
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def _signals_as_in_a_terminal() -> None:
+    """In the child: SIGINT and SIGTERM at their defaults, as a command started from a shell has them (a pytest-xdist
+    worker ignores SIGINT, and a child would inherit that and never see the signal while it starts)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_and_signal(module: str, *args, when, sig=signal.SIGINT, env: dict | None = None, timeout: float = 600,
                    poll: float = 0.05) -> Result:
     """Start the command, send `sig` as soon as `when()` is true (polled; a `when` with a parameter is given the
     process), and wait for it to end."""
     proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=command_env(env), cwd=ROOT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, preexec_fn=_signals_as_in_a_terminal)
     deadline = time.monotonic() + timeout
     try:
         ready = (lambda: when(proc)) if inspect.signature(when).parameters else when
