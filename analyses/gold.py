@@ -288,7 +288,8 @@ def _cli(argv=None) -> None:
         print(f"{len(paths)} sheets in {args.out}")
     elif args.command == "agree":
         result = compare_annotators(labels=args.labels, out=args.out)
-        print(f"{result['maps']} map{'s' if result['maps'] != 1 else ''}: the annotators agree on {result['agreed']} ({result['agreement']:.1%}), "
+        maps = f"{result['maps']} map" + ("s" if result["maps"] != 1 else "")
+        print(f"{maps}: the annotators agree on {result['agreed']} ({result['agreement']:.1%}), "
               f"Cohen's kappa {result['kappa']:.3f}")
         for index, first, second in result["disagreements"]:
             print(f"  map {index}: {first} / {second}")

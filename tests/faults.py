@@ -6,7 +6,6 @@ code, no Python traceback, user files intact and nothing half-written.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import signal
 import subprocess
@@ -57,15 +56,13 @@ def _signals_as_in_a_terminal() -> None:
 
 def run_and_signal(module: str, *args, when, sig=signal.SIGINT, env: dict | None = None, timeout: float = 600,
                    poll: float = 0.05) -> Result:
-    """Start the command, send `sig` as soon as `when()` is true (polled; a `when` with a parameter is given the
-    process), and wait for it to end."""
+    """Start the command, send `sig` as soon as `when(process)` is true (polled), and wait for it to end."""
     proc = subprocess.Popen([sys.executable, "-m", module, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=command_env(env), cwd=ROOT,
                             stdin=subprocess.DEVNULL, preexec_fn=_signals_as_in_a_terminal)
     deadline = time.monotonic() + timeout
     try:
-        ready = (lambda: when(proc)) if inspect.signature(when).parameters else when
-        while not ready():
+        while not when(proc):
             if proc.poll() is not None:
                 out, err = proc.communicate()
                 raise AssertionError(f"{module} ended (exit {proc.returncode}) before the signal point:\n{err[-3000:]}")

@@ -23,7 +23,7 @@ from uniter_core.train_state import CheckpointManager
 
 # ------------------------------------------------------------------------------------------------ signals
 def _corpus_shard_written(out: Path):
-    return lambda: (out.with_name(out.name + ".partial") / "img_db" / "shard_00000.json").exists()
+    return lambda _process: (out.with_name(out.name + ".partial") / "img_db" / "shard_00000.json").exists()
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -83,7 +83,7 @@ def test_signal_during_training_saves_the_step_and_says_how_to_resume(tiny_corpu
     out = tmp_path / "run"
     metrics = out / "metrics.jsonl"
     result = run_and_signal("uniter_core.train", *_train_argv(tiny_corpus, out),
-                            when=lambda: metrics.exists() and metrics.stat().st_size > 0, sig=sig)
+                            when=lambda _process: metrics.exists() and metrics.stat().st_size > 0, sig=sig)
     assert_failed_cleanly(result, code, "--resume", str(out))
     stopped = CheckpointManager(out).latest(need_state=True)
     assert stopped is not None and stopped.name in result.stderr.splitlines()[-1]

@@ -142,7 +142,7 @@ def grounding(model, dataset: ImageTextDataset, max_examples: int = 500, batch_s
             results.update(pointing_chance=chance, pointing_rule=rule)
     for name in COSINES:  # absent when no example has two states of a kind (a NaN would block the file)
         value = tally.mean_cosine(last, name)
-        if value == value:
+        if not math.isnan(value):
             results[f"cosine_{name}"] = value
     return results
 

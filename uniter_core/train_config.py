@@ -26,7 +26,7 @@ class ConfigError(UserError, ValueError):
 
 def wra_weight_at(tasks: "TaskSection", step: int) -> float:
     """The WRA weight of the step with index `step` (0-based): tasks.itm_ot_lambda, or its schedule."""
-    points = [(0, float(tasks.itm_ot_lambda))] + [(int(at), float(weight)) for at, weight in tasks.itm_ot_schedule]
+    points = [(0, tasks.itm_ot_lambda), *tasks.itm_ot_schedule]  # validate() made it (step, weight) pairs
     for (start, low), (end, high) in zip(points, points[1:]):
         if step < end:
             return low + (high - low) * (step - start) / (end - start)
@@ -35,7 +35,7 @@ def wra_weight_at(tasks: "TaskSection", step: int) -> float:
 
 def wra_weight_max(tasks: "TaskSection") -> float:
     """The largest WRA weight a run reaches: WRA's inputs are built whenever it is above 0."""
-    return max([float(tasks.itm_ot_lambda)] + [float(weight) for _, weight in tasks.itm_ot_schedule])
+    return max([tasks.itm_ot_lambda] + [weight for _, weight in tasks.itm_ot_schedule])
 
 
 @dataclass
@@ -166,15 +166,13 @@ def _checked_schedule(schedule, where: str) -> tuple:
         if not (isinstance(step, int) and not isinstance(step, bool) and step > previous):
             raise ConfigError(f"{key}: point {number} {list(point)!r} needs a whole step above {previous} (steps "
                               f"start above 0 and increase)")
-        if isinstance(weight, str):
-            try:
-                weight = float(weight)
-            except ValueError:
-                pass
-        if not (isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight)
-                and weight >= 0):
+        try:
+            weight = _coerce(weight, 0.0, key)  # as any float key reads it (YAML's "1e-1" is text)
+        except ConfigError:
+            weight = math.nan
+        if not (math.isfinite(weight) and weight >= 0):
             raise ConfigError(f"{key}: point {number} {list(point)!r} needs a weight that is a number >= 0")
-        checked.append((step, float(weight)))
+        checked.append((step, weight))
         previous = step
     return tuple(checked)
 
