@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from analyses.classifier import DEFAULT_MODEL
 from analyses.mapfile import MapFileError, MapRecord, read_maps, write_maps
 from analyses.patterns import PATTERNS
 from uniter_core.io import atomic_path, write_text
@@ -22,6 +24,8 @@ LABELS = PATTERNS + ("skip",)  # "skip": a map looked at and left out of trainin
 GOLD_KEY = ["run", "split", "example", "layer", "head"]
 PROVENANCE = ("index", *GOLD_KEY, "n_text", "n_regions")  # the columns of `gold sample`'s candidates.csv
 GOLD_COLUMNS = ["index", "label", *GOLD_KEY, "n_text", "n_regions", "labeller", "note"]
+PROJECT_GOLD = Path(__file__).resolve().parent / "gold"  # the committed gold set (train_classifier's default)
+GOLD_CLASSIFIER = "head_classifier.joblib"  # a gold folder's own classifier, inside the folder
 
 
 def provenance_row(index: int, run, split, example: int, layer: int, head: int, n_text: int, n_regions: int) -> dict:
@@ -124,6 +128,15 @@ def labelled_keys(table: pd.DataFrame) -> set[tuple]:
     return {gold_key(*values) for values in rows[GOLD_KEY].itertuples(index=False)}
 
 
+def find_gold_entry(table: pd.DataFrame, provenance: dict) -> int | None:
+    """Row number of the read_gold_labels table that labels the map `provenance` names (its GOLD_KEY), or None."""
+    key = gold_key(*(provenance[k] for k in GOLD_KEY))
+    for row_number, values in zip(table.index, table.reindex(columns=GOLD_KEY).itertuples(index=False)):
+        if not any(pd.isna(v) for v in values) and gold_key(*values) == key:
+            return row_number
+    return None
+
+
 def add_gold_label(gold_dir: Path, attention: np.ndarray, n_text: int, n_regions: int, label: str,
                    provenance: dict, labeller: str = "workbench") -> int:
     """Store one labelled map in the gold set (maps.npz then labels.csv, each atomically); returns its index.
@@ -133,12 +146,11 @@ def add_gold_label(gold_dir: Path, attention: np.ndarray, n_text: int, n_regions
     gold_dir = Path(gold_dir)
     maps_file = gold_dir / "maps.npz"
     table = read_gold_labels(gold_dir)
-    key = gold_key(*(provenance[k] for k in GOLD_KEY))
-    for row_number, values in zip(table.index, table.reindex(columns=GOLD_KEY).itertuples(index=False)):
-        if not any(pd.isna(v) for v in values) and gold_key(*values) == key:
-            table.loc[row_number, "label"] = label
-            write_text(gold_dir / "labels.csv", table.to_csv(index=False))
-            return int(table.loc[row_number, "index"])
+    row_number = find_gold_entry(table, provenance)
+    if row_number is not None:
+        table.loc[row_number, "label"] = label
+        write_text(gold_dir / "labels.csv", table.to_csv(index=False))
+        return int(table.loc[row_number, "index"])
     records = read_maps(maps_file) if maps_file.exists() else []
     index = max([r.index for r in records] + [int(i) for i in table["index"]] + [-1]) + 1
     write_maps(maps_file, records + [MapRecord(index, np.asarray(attention, np.float32), n_text, n_regions)])
@@ -148,6 +160,70 @@ def add_gold_label(gold_dir: Path, attention: np.ndarray, n_text: int, n_regions
     table = pd.concat([table, pd.DataFrame([row])], ignore_index=True) if len(table) else pd.DataFrame([row])
     write_text(gold_dir / "labels.csv", table.to_csv(index=False))
     return index
+
+
+def remove_gold_label(gold_dir: Path, index: int, expected_provenance: dict, expected_label: str | None = None,
+                      restore_label: str | None = None) -> None:
+    """Take back one label that add_gold_label stored (the workbench's undo), only while entry `index` of
+    labels.csv is still that label: the same map (`expected_provenance`, its GOLD_KEY) and, when given,
+    `expected_label`. Anything else means the file changed meanwhile (another tab, a hand edit), and taking
+    the entry back would lose someone's work: MapFileError naming labels.csv, and nothing is written.
+
+    With `restore_label` (the label replaced an earlier one) the entry gets that label back and keeps its map;
+    otherwise its row leaves labels.csv and map_<index> leaves maps.npz, each written atomically, labels first
+    (so an interruption leaves at most an unlabelled map, which training ignores). A file left with nothing in
+    it is removed, as before the first label: an .npz without maps is not a valid maps file."""
+    gold_dir = Path(gold_dir)
+    labels_file, maps_file = gold_dir / "labels.csv", gold_dir / "maps.npz"
+    if restore_label is not None and restore_label not in LABELS:
+        raise ValueError(f"unknown label {restore_label!r} (known: {', '.join(LABELS)})")
+    table = read_gold_labels(gold_dir)
+    rows = table.index[pd.to_numeric(table["index"], errors="coerce") == int(index)]
+    if len(rows) != 1:
+        raise MapFileError(f"{labels_file}: map {index} is " + ("no longer labelled" if not len(rows) else
+                           f"labelled {len(rows)} times") + "; nothing was undone")
+    row = table.loc[rows[0]]
+    expected = gold_key(*(expected_provenance[k] for k in GOLD_KEY))
+    found = row.reindex(GOLD_KEY)
+    incomplete = any(pd.isna(v) for v in found)
+    if incomplete or gold_key(*found) != expected:
+        now = "without run, split, example, layer and head" if incomplete else _described(gold_key(*found))
+        raise MapFileError(f"{labels_file}: map {index} is now {now}, not {_described(expected)}; nothing was "
+                           f"undone")
+    if expected_label is not None and str(row["label"]) != expected_label:
+        raise MapFileError(f"{labels_file}: map {index} is labelled {row['label']} now, not {expected_label}; "
+                           f"nothing was undone")
+    if restore_label is not None:
+        table.loc[rows[0], "label"] = restore_label
+        write_text(labels_file, table.to_csv(index=False))
+        return
+    records = read_maps(maps_file) if maps_file.exists() else []  # read (and checked) before anything is written
+    kept = [r for r in records if r.index != int(index)]
+    table = table.drop(index=rows[0])
+    if len(table):
+        write_text(labels_file, table.to_csv(index=False))
+    else:
+        os.unlink(labels_file)
+    if len(kept) == len(records):
+        return
+    if kept:
+        write_maps(maps_file, kept)
+    else:
+        os.unlink(maps_file)
+
+
+def _described(key: tuple) -> str:
+    return "{} {} example {} layer {} head {}".format(*key)
+
+
+def gold_classifier_file(gold_dir: Path) -> Path:
+    """The classifier trained on a gold folder: the project's default one for the committed gold set, which
+    is what that model is trained on; for any other folder head_classifier.joblib inside it, so that training
+    on another gold set never replaces the default model."""
+    gold_dir = Path(gold_dir)
+    if gold_dir.resolve() == PROJECT_GOLD.resolve():
+        return DEFAULT_MODEL
+    return gold_dir / GOLD_CLASSIFIER
 
 
 # ------------------------------------------------------------------------------------------ two annotators

@@ -6,13 +6,16 @@ import pandas as pd
 import streamlit as st
 
 from analyses import goldset, train_classifier
+from analyses.classifier import DEFAULT_MODEL
 from analyses.mapfile import MapFileError
 from analyses.patterns import PATTERNS
 from workbench import compute, loaders, plots, settings, state, ui
 
 st.title("Label heads")
-st.caption("Maps not labelled yet come first, the ones the classifier is least sure about before the others. "
-           "Each label is saved at once to the gold set (maps.npz + labels.csv, see analyses/README.md).")
+st.caption("Maps not labelled yet come first, the ones the classifier is least sure about before the others (the "
+           "order comes from the classifier; its guess stays hidden unless you ask for it, so that it does not "
+           "sway the label). Each label is saved at once to the gold set (maps.npz + labels.csv, see "
+           "analyses/README.md); *Undo last label* takes back this session's labels one by one.")
 loaded, split, _ = ui.need_example()
 state.text("gold_dir", str(settings.gold_dir()))
 cols = st.columns([3, 1])
@@ -41,23 +44,63 @@ st.markdown(f"**Gold set** `{gold_dir}`: {len(gold)} labelled maps " +
             f" — {todo} of {len(queue)} candidates still unlabelled.")
 
 
+folder_key = str(gold_dir.resolve())
+provenance = {"run": run_name, "split": split}
+
+
+def saved() -> list[dict]:
+    """This session's labels in the chosen gold folder, newest last: what Undo takes back."""
+    return st.session_state.setdefault("label_saved", {}).setdefault(folder_key, [])
+
+
 def save(label: str, record: dict) -> None:
-    """Button callback: store the label (and the map) and report in the next run."""
+    """Button callback: store the label (and the map), remember it for Undo, and report in the next run."""
     try:
         example = loaders.example(loaded, split, record["example"])
         attention = example.maps[record["layer"], record["head"]]
+        where = {**provenance, **record}
+        before = goldset.read_gold_labels(gold_dir)
+        found = goldset.find_gold_entry(before, where)
+        previous = None if found is None else str(before.loc[found, "label"])  # a relabel: Undo restores it
         index = goldset.add_gold_label(gold_dir, attention, example.layout.n_text, example.layout.n_regions, label,
-                                       {"run": run_name, "split": split, **record})
+                                       where)
+        saved().append({"index": index, "provenance": where, "label": label, "previous": previous})
+        st.session_state.pop("label_focus", None)
         st.session_state["label_message"] = ("success", f"Saved map {index} as {label}.")
     except Exception as error:  # a full disk or a broken gold file: say so, keep the page alive
         st.session_state["label_message"] = ("error", f"Could not save the label: {type(error).__name__}: {error}")
+
+
+def undo() -> None:
+    """Button callback: take back this session's newest label in the gold folder, if the files still hold it."""
+    if not saved():  # a click sent before the button was disabled
+        st.session_state["label_message"] = ("error", "Nothing to undo: no label saved in this session.")
+        return
+    entry = saved().pop()
+    where = entry["provenance"]
+    what = f"map {entry['index']} (example {where['example']}, layer {where['layer']}, head {where['head']})"
+    try:
+        goldset.remove_gold_label(gold_dir, entry["index"], where, expected_label=entry["label"],
+                                  restore_label=entry["previous"])
+    except Exception as error:  # changed meanwhile, or unreadable: one line, nothing written
+        st.session_state["label_message"] = ("error", f"Could not undo the label {entry['label']} of {what}: "
+                                                      f"{error}")
+        return
+    st.session_state["label_focus"] = (folder_key, goldset.gold_key(*(where[k] for k in goldset.GOLD_KEY)))
+    again = (f"it is labelled {entry['previous']} again" if entry["previous"] is not None else
+             "it is unlabelled again")
+    st.session_state["label_message"] = ("success", f"Took back the label {entry['label']} of {what}: {again}.")
 
 
 kind, message = st.session_state.pop("label_message", (None, None))
 if kind:
     (st.success if kind == "success" else st.error)(message)
 
-current = queue.iloc[0]
+focus = st.session_state.get("label_focus")  # the map an undo gave back is the next one to label
+keys = [goldset.gold_key(run_name, split, *values) for values in
+        queue[["example", "layer", "head"]].itertuples(index=False)]
+position = keys.index(focus[1]) if focus and focus[0] == folder_key and focus[1] in keys else 0
+current = queue.iloc[position]
 record = {"example": int(current["example"]), "layer": int(current["layer"]), "head": int(current["head"])}
 example = loaders.example(loaded, split, record["example"])
 table = tables[record["example"]]
@@ -68,25 +111,76 @@ left.plotly_chart(plots.attention_heatmap(example.maps[record["layer"], record["
                                           f"{record['layer']}, head {record['head']}", height=560),
                   key="label_map", config=ui.CHART)
 with right:
-    state = "already labelled" if current["labelled"] else "unlabelled"
-    st.markdown(f"**{state}** · classifier says *{row['pattern'].replace('_', ' ')}* "
-                f"(p = {current['confidence']:.2f})")
-    st.plotly_chart(plots.probability_bars({c: float(row[f"p_{c}"]) for c in PATTERNS}), key="label_probs",
-                    config=ui.CHART)
+    status = "already labelled" if current["labelled"] else "unlabelled"
+    state.flag("label_show_guess", False)
+    show_guess = st.toggle("Show the classifier's guess", key="label_show_guess", persist_state="session",
+                           help="Off by default: label what you see first, then compare if you like.")
+    if show_guess:
+        st.markdown(f"**{status}** · classifier says *{ui.pattern_name(row['pattern'])}* "
+                    f"(p = {current['confidence']:.2f})")
+        st.plotly_chart(plots.probability_bars({c: float(row[f"p_{c}"]) for c in PATTERNS}), key="label_probs",
+                        config=ui.CHART)
+    else:
+        st.markdown(f"**{status}**")
     buttons = st.columns(2)
     for i, label in enumerate(goldset.LABELS):
         buttons[i % 2].button(label.replace("_", " "), key=f"label_{label}", on_click=save, args=(label, record),
-                              type="primary" if label == row["pattern"] else "secondary", width="stretch")
+                              width="stretch")
+    stack = saved()
+    st.button("Undo last label", key="label_undo", on_click=undo, disabled=not stack,
+              icon=":material/undo:", width="stretch",
+              help=(f"Takes back map {stack[-1]['index']} ({stack[-1]['label']})" if stack else
+                    "Nothing labelled in this session yet"))
 
 st.subheader("Retrain the classifier")
-out = loaders.classifier_file()
-st.caption(f"`python -m analyses.train_classifier --gold-dir {gold_dir} --out {out} --gold-folds K`: synthetic maps "
-           f"plus the gold set; every gold map is scored by one of K cross-validation models that did not see it, "
-           f"and the saved classifier is trained on all of them.")
+
+
+def named(path: Path) -> str:
+    """A path as the page writes it: relative to the repository when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(settings.REPO))
+    except ValueError:
+        return str(path)
+
+
+# Retrain writes the classifier of the chosen gold folder (goldset.gold_classifier_file). The project's default
+# model and the one the app uses (WORKBENCH_CLASSIFIER) are replaced only with the box ticked, and only the
+# latter from the configured gold folder, which it goes with.
+own = goldset.gold_classifier_file(gold_dir)
+in_use = loaders.classifier_file()
+protected = {DEFAULT_MODEL.resolve(), in_use.resolve()}
+replaceable = in_use if gold_dir.resolve() == settings.gold_dir().resolve() else \
+    (own if own.resolve() in protected else None)
+replace = False
+if replaceable is not None:
+    what = (f"the project's default classifier {named(DEFAULT_MODEL)} and its committed report"
+            if replaceable.resolve() == DEFAULT_MODEL.resolve() else
+            f"the classifier the app uses, {named(replaceable)} (WORKBENCH_CLASSIFIER)")
+    replace = st.checkbox(f"Replace {what}", key="retrain_replace_default")
+out = replaceable if replace else (None if own.resolve() in protected else own)
+if out is None:  # the folder's own classifier is a protected one (then `replaceable` is set)
+    whose = ("the project's gold set, whose classifier is the default one" if own.resolve() == DEFAULT_MODEL.resolve()
+             else "the gold folder whose classifier is the one the app uses")
+    how = ("tick the box above to replace it" if replaceable.resolve() == own.resolve() else
+           f"tick the box above to replace `{named(replaceable)}` instead")
+    st.info(f"`{named(gold_dir)}` is {whose}, `{named(own)}`, which Retrain does not replace unasked: {how}, or "
+            f"type another gold folder to train a classifier of its own there.")
+elif out.resolve() == in_use.resolve():
+    st.markdown(f"Retrain writes `{named(out)}` (with its `.json` metadata and `.eval.json` / `.eval.md` report), "
+                f"the classifier the app uses: the maps are classified anew with it afterwards.")
+else:
+    st.markdown(f"Retrain writes `{named(out)}` (with its `.json` metadata and `.eval.json` / `.eval.md` report). "
+                f"The app keeps classifying with `{named(in_use)}`; to use the new one, start it with "
+                f"`WORKBENCH_CLASSIFIER={named(out)} streamlit run workbench/app.py`.")
+st.caption(f"`python -m analyses.train_classifier --gold-dir {named(gold_dir)} --out {named(out or own)} "
+           f"--gold-folds K`: synthetic maps plus the gold set; every gold map is scored by one of K "
+           f"cross-validation models that did not see it, and the saved classifier is trained on all of them. An "
+           f"existing file that train_classifier did not write is never replaced.")
 cols = st.columns(3)
 n_synthetic = cols[0].number_input("Synthetic maps", 60, 20000, 6000, step=500, key="retrain_synthetic")
 folds = cols[1].number_input("Cross-validation folds", 2, 10, 5, step=1, key="retrain_folds")
-if cols[2].button("Retrain", key="retrain", type="primary", icon=":material/model_training:"):
+if cols[2].button("Retrain", key="retrain", type="primary", icon=":material/model_training:",
+                 disabled=out is None):
     counts = gold[gold["label"] != "skip"]["label"].value_counts() if len(gold) else None
     smallest = int(counts.min()) if counts is not None and len(counts) else 0
     used = min(int(folds), smallest)
@@ -103,18 +197,21 @@ if cols[2].button("Retrain", key="retrain", type="primary", icon=":material/mode
     message = printed + (train_classifier.summary(report) if trained else "")
     (st.success if trained else st.error)(message.strip())
 
-report_file = Path(out).with_suffix(".eval.json")
-if report_file.exists():
+model_file = out or own
+report_file = model_file.with_suffix(".eval.json")
+if not report_file.exists():
+    st.caption(f"No classifier trained on this gold folder yet (`{named(report_file)}` does not exist).")
+else:
     try:
         report = json.loads(report_file.read_text(encoding="utf-8"))
         rows = [{"evaluated on": e["description"], "maps": e["n"],
                  "classifier macro-F1": round(e["classifier"]["macro_f1"], 3),
                  "rules macro-F1": round(e["rules"]["macro_f1"], 3),
                  "classifier accuracy": round(e["classifier"]["accuracy"], 3)} for e in report["evaluations"]]
-        st.markdown(f"**Current classifier** ({report['metadata'].get('created', '?')}): "
+        st.markdown(f"**Current classifier** `{named(model_file)}` ({report['metadata'].get('created', '?')}): "
                     f"{report['training']['description']}")
         st.dataframe(rows, hide_index=True)
         if report.get("note"):
             st.caption(report["note"])
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:  # JSON and Unicode errors too
-        st.error(f"`{report_file}` cannot be read ({type(error).__name__}: {error}).")
+        st.error(f"`{named(report_file)}` cannot be read ({type(error).__name__}: {error}).")
