@@ -36,6 +36,9 @@ class ExampleLayout:
     tokens: tuple[str, ...]  # n_text word-pieces, tokens[0] = [CLS], tokens[-1] = [SEP]
     region_classes: tuple[str, ...]  # n_regions class names: argmax of the region's soft labels
     region_boxes: np.ndarray  # [n_regions, 4] x1, y1, x2, y2 normalised by the image size
+    # What the corpus says each region shows (region_objects_of): "moon" for an object's own box, "part of moon"
+    # for a proposal covering it, "background"; empty when the corpus does not record it (official stores).
+    region_objects: tuple[str, ...] = ()
 
     @property
     def n_text(self) -> int:
@@ -53,14 +56,34 @@ class ExampleLayout:
         """'cls' / 'word' / 'sep' / 'region' per position (the model's SequenceLayout, without padding)."""
         return SequenceLayout((self.n_text,), (self.n_regions,), self.n).kinds(0)
 
+    def region_name(self, k: int) -> str:
+        """Region k by what the corpus knows it shows, else by its detector class: 'moon #0', 'quilt #3'."""
+        known = self.region_objects[k] if k < len(self.region_objects) else ""
+        return f"{known or self.region_classes[k]} #{k}"
+
+    def region_detail(self, k: int) -> str:
+        """The region's name with where it comes from, for hover texts: 'moon #0 (corpus) · detector: quilt'."""
+        if k < len(self.region_objects) and self.region_objects[k]:
+            return f"{self.region_name(k)} (corpus) · detector: {self.region_classes[k]}"
+        return f"{self.region_name(k)} (detector class)"
+
+    @property
+    def names_from_corpus(self) -> bool:
+        return any(self.region_objects)
+
+    def hover_labels(self) -> list[str]:
+        """labels() with where each region's name comes from (region_detail), for hover texts."""
+        return list(self.tokens) + [self.region_detail(k) for k in range(self.n_regions)]
+
     def labels(self) -> list[str]:
-        """A readable name per position: the word-piece, or 'class #k' for region k (k = box index)."""
-        return list(self.tokens) + [f"{c} #{k}" for k, c in enumerate(self.region_classes)]
+        """A readable name per position: the word-piece, or region_name(k) for region k (k = box index)."""
+        return list(self.tokens) + [self.region_name(k) for k in range(self.n_regions)]
 
     def to_dict(self) -> dict:
         return {"example": self.example, "text_id": self.text_id, "image_id": self.image_id,
                 "n_text": self.n_text, "n_regions": self.n_regions, "tokens": list(self.tokens),
-                "region_classes": list(self.region_classes), "region_boxes": self.region_boxes.tolist()}
+                "region_classes": list(self.region_classes), "region_boxes": self.region_boxes.tolist(),
+                "region_objects": list(self.region_objects)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,6 +111,25 @@ def region_class_names(soft_labels: np.ndarray, class_names: list[str], backgrou
     scores = np.asarray(soft_labels, np.float32)
     top = scores[:, 1:].argmax(1) + 1 if background else scores.argmax(1)
     return [class_names[i] for i in top]
+
+
+def region_objects_of(meta: dict, n_regions: int) -> tuple[str, ...]:
+    """Per region, the object the corpus says it shows, from an image's store metadata: its `objects`
+    (categories, whose own boxes are the first regions) and `region_object` (the object each region covers
+    with IoU >= 0.5, or -1). "" for every region when the corpus records neither (e.g. an official store)."""
+    objects, owners = meta.get("objects"), meta.get("region_object")
+    if not isinstance(objects, list) or not isinstance(owners, list):
+        return ("",) * n_regions
+    names = []
+    for k in range(n_regions):
+        owner = int(owners[k]) if k < len(owners) else -1
+        category = objects[owner].get("category") if 0 <= owner < len(objects) and isinstance(
+            objects[owner], dict) else None
+        if not category:
+            names.append("background" if owner == -1 and k < len(owners) else "")
+        else:
+            names.append(str(category) if owner == k else f"part of {category}")
+    return tuple(names)
 
 
 def _tokens(tokenizer, ids: list[int]) -> tuple[str, ...]:
@@ -146,7 +188,8 @@ def iter_example_attention(model, corpus_dir: str | Path, split: str, batch_size
                     tokens=_tokens(tokenizer, item["input_ids"].tolist()),
                     region_classes=tuple(region_class_names(item["soft_labels"].numpy(), store.class_names,
                                                             store.background_class)),
-                    region_boxes=item["norm_bb"][:, :4].numpy().astype(np.float32))
+                    region_boxes=item["norm_bb"][:, :4].numpy().astype(np.float32),
+                    region_objects=region_objects_of(store.meta(str(item["image_id"])), len(item["soft_labels"])))
                 yield ExampleAttention(layout, example_maps)
             bar.update(len(items))
 

@@ -52,24 +52,36 @@ def pattern_fractions_per_layer(layers: pd.DataFrame):
     return fig
 
 
-def _grid(heads: pd.DataFrame, column: str) -> np.ndarray:
-    return heads.pivot(index="layer", columns="head", values=column).sort_index().to_numpy()
+def _grid(heads: pd.DataFrame, column: str) -> tuple[np.ndarray, list, list]:
+    """(values [layers, heads], layer numbers, head numbers) of a per-head column; NaN where a (layer, head)
+    is absent, e.g. filtered out."""
+    grid = heads.pivot(index="layer", columns="head", values=column).sort_index().sort_index(axis=1)
+    return grid.to_numpy(dtype=float), list(grid.index), list(grid.columns)
+
+
+def _grid_axes(ax, layers: list, heads: list) -> None:
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(len(heads)), [str(h) for h in heads])
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+
+
+def _grid_figure(n_layers: int, n_heads: int):
+    return plt.subplots(figsize=(max(3.2, 0.42 * n_heads + 2.2), max(2.0, 0.36 * n_layers + 0.9)))
 
 
 def dominant_pattern_grid(heads: pd.DataFrame):
-    """Layer x head grid coloured by each head's most frequent pattern."""
-    codes = _grid(heads.assign(code=heads["dominant_pattern"].map(PATTERNS.index)), "code")
+    """Layer x head grid coloured by each head's most frequent pattern (blank: a head not in the table)."""
+    codes, layers, head_numbers = _grid(heads.assign(code=heads["dominant_pattern"].map(PATTERNS.index)), "code")
     n_layers, n_heads = codes.shape
-    fig, ax = plt.subplots(figsize=(max(3.0, 0.3 * n_heads + 1.8), max(2.0, 0.25 * n_layers + 0.8)))
-    ax.imshow(codes, cmap=ListedColormap([COLORS[c] for c in PATTERNS]), vmin=-0.5, vmax=len(PATTERNS) - 0.5,
-              aspect="auto", interpolation="nearest")
+    fig, ax = _grid_figure(n_layers, n_heads)
+    ax.imshow(np.ma.masked_invalid(codes), cmap=ListedColormap([COLORS[c] for c in PATTERNS]), vmin=-0.5,
+              vmax=len(PATTERNS) - 0.5, aspect="auto", interpolation="nearest")
     if n_layers * n_heads <= 400:
         for (i, j), code in np.ndenumerate(codes):
-            ax.text(j, i, SHORT[PATTERNS[int(code)]], ha="center", va="center", fontsize=5)
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_xticks(range(n_heads))
-    ax.set_yticks(range(n_layers))
+            if code == code:  # not NaN
+                ax.text(j, i, SHORT[PATTERNS[int(code)]], ha="center", va="center", fontsize=7)
+    _grid_axes(ax, layers, head_numbers)
     ax.legend(handles=[Patch(color=COLORS[c], label=f"{SHORT[c]}: {c.replace('_', ' ')}") for c in PATTERNS],
               loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     ax.set_title("Dominant pattern per head")
@@ -77,19 +89,23 @@ def dominant_pattern_grid(heads: pd.DataFrame):
 
 
 def reversed_block_share_grid(heads: pd.DataFrame):
-    """Layer x head grid of the share of maps predicted reversed block (cross-modal attention)."""
-    share = _grid(heads, "frac_reversed_block")
+    """Layer x head grid of the share of maps predicted reversed block (cross-modal attention). The colour
+    scale runs from 0 to the largest share shown (not to 1), and its label says so, so that small shares
+    still differ."""
+    share, layers, head_numbers = _grid(heads, "frac_reversed_block")
     n_layers, n_heads = share.shape
-    fig, ax = plt.subplots(figsize=(max(3.0, 0.3 * n_heads + 1.8), max(2.0, 0.25 * n_layers + 0.8)))
-    image = ax.imshow(share, cmap="magma", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    top = float(np.nanmax(share)) if np.isfinite(share).any() else 0.0
+    top = top if top > 0 else 1.0
+    fig, ax = _grid_figure(n_layers, n_heads)
+    image = ax.imshow(np.ma.masked_invalid(share), cmap="magma", vmin=0, vmax=top, aspect="auto",
+                      interpolation="nearest")
     if n_layers * n_heads <= 400:
         for (i, j), v in np.ndenumerate(share):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=4.5, color="white" if v < 0.5 else "black")
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_xticks(range(n_heads))
-    ax.set_yticks(range(n_layers))
-    fig.colorbar(image, ax=ax, label="reversed-block share")
+            if v == v:
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if v < 0.6 * top else "black")
+    _grid_axes(ax, layers, head_numbers)
+    fig.colorbar(image, ax=ax, label=f"reversed-block share\n(scale 0 – {top:.2f}, the largest shown)")
     ax.set_title("Cross-modal (reversed-block) share per head")
     return fig
 

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from analyses.patterns import PATTERNS
 
 APP = Path(__file__).resolve().parents[1] / "workbench" / "app.py"
-PAGES = ["overview", "head_explorer", "image_view", "transport", "statistics", "label_heads", "training"]
+PAGES = ["start", "overview", "head_explorer", "image_view", "transport", "statistics", "label_heads", "training"]
 BAD_WORDS = ("Traceback", "TypeError", "Unexpected error")  # the last is workbench.ui.UNEXPECTED
 
 
@@ -31,7 +31,7 @@ def open_app(workbench_env, monkeypatch, tmp_path):
         for key, value in env.items():
             monkeypatch.setenv(key, str(value))
         at = clean(AppTest.from_file(str(APP), default_timeout=120).run())
-        return go(at, page) if page != "overview" else at
+        return go(at, page) if page != "start" else at
     return make
 
 
@@ -290,7 +290,7 @@ def test_empty_and_unreadable_splits(open_app, workbench_env, tiny_corpus, tmp_p
         assert expected in sidebar_caption(at)
         for name in PAGES:
             go(at, name)
-            if name not in ("statistics", "training"):
+            if name not in ("start", "statistics", "training"):
                 assert expected in messages(at), (split, name)
     clean(at.selectbox(key="split").set_value("test").run())
     go(at, "image_view")
@@ -365,9 +365,8 @@ def test_stats_folder_with_broken_files(open_app, tmp_path):
     assert "layers.csv` has no frac_vertical" in messages(at)
     _stats_tables(folder)
     (folder / "figures" / "dominant_pattern_grid.png").write_bytes(b"garbage")
-    clean(at.run())
-    assert "dominant_pattern_grid.png` is not a readable PNG file" in messages(at)
-    assert len(at.get("download_button")) == 3 + 3 * 3  # every figure drawn again from the tables
+    clean(at.run())  # the page draws every figure from the tables, so a damaged figure file is never shown
+    assert not at.warning and len(at.get("download_button")) == 3 + 3 * 3
 
 
 def test_a_damaged_newest_checkpoint_is_named_and_the_older_one_shown(open_app, workbench_env, tmp_path):

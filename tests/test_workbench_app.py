@@ -28,7 +28,7 @@ def open_app(workbench_env, monkeypatch):
             monkeypatch.setenv(key, str(value))
         at = AppTest.from_file(str(APP), default_timeout=120)
         at.run()
-        if page != "overview":
+        if page != "start":
             at.switch_page(f"views/{page}.py")
             at.run()
         return ok(at)
@@ -52,7 +52,7 @@ def charts(at: AppTest) -> int:
 
 def test_overview_classifies_the_chosen_examples(open_app):
     at = open_app()
-    assert at.title[0].value == "Overview" and charts(at) == 2
+    assert at.title[0].value == "Overview" and charts(at) == 2 and "Share of all maps" in texts(at.markdown)
     assert at.selectbox(key="split").value == "test" and at.selectbox(key="example").value == 0
     assert set(at.session_state["overview_examples"]) == set(range(8))
     ok(at.multiselect(key="overview_examples").set_value([1, 2]).run())
@@ -63,8 +63,9 @@ def test_overview_classifies_the_chosen_examples(open_app):
 
 def test_head_explorer_steps_through_layers_and_heads(open_app):
     at = open_app("head_explorer")
-    assert charts(at) == 2 and at.metric[0].label == "Predicted pattern"
-    assert at.metric[0].value.replace(" ", "_") in PATTERNS
+    assert charts(at) == 2
+    predicted = next(m.value for m in at.markdown if m.value.startswith("**Predicted pattern**"))
+    assert any(f": {ui.pattern_name(p)} (p = " in predicted for p in PATTERNS)
     ok(at.button(key="head_next").click().run())
     assert at.session_state["head"] == 1
     ok(at.button(key="layer_prev").click().run())
@@ -98,9 +99,13 @@ def test_transport_page_compares_the_solvers(open_app):
     assert list(table["solver"]) == ["IPOT", "POT Sinkhorn", "POT EMD"]
     assert table["L1 to IPOT"].iloc[0] == 0 and (table["transport cost"] > 0).all()
     assert table["transport cost"].iloc[2] <= table["transport cost"].min() + 1e-9  # EMD is the exact optimum
-    for solver in ("POT Sinkhorn", "POT EMD"):
+    captions = texts(at.caption)
+    assert "IPOT settings of the model: β = " in captions and "Costs 1 − cos(word-piece, region)" in captions
+    for solver, says in (("POT Sinkhorn", "Sinkhorn (log domain) with ε = β / iterations"), ("POT EMD", "Exact EMD")):
         ok(at.radio(key="ot_solver").set_value(solver).run())
         assert f"{solver} plan" in at.get("plotly_chart")[0].proto.spec
+        assert says in texts(at.caption) and "IPOT settings of the model" not in texts(at.caption)
+    assert "−0.0000" not in str([m.value for m in at.metric]) and "-0.0000" not in str([m.value for m in at.metric])
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["L1 to the IPOT plan"]) > 0
     ok(at.selectbox(key="ot_word").set_value(0).run())
@@ -293,3 +298,71 @@ def test_figures_render_svg_from_tables():
     for name in figures.FIGURES:
         assert b"<svg" in figures.render(name, layers, heads, "svg")[:2000]
     assert figures.render("pattern_fractions_per_layer", layers, heads, "pdf").startswith(b"%PDF")
+
+
+def test_many_positions_keep_readable_ticks_and_hover_names():
+    labels = [f"p{i}" for i in range(60)]
+    fig = plots.attention_heatmap(np.full((60, 60), 1 / 60), labels, 20, hover_labels=[f"h{i}" for i in range(60)])
+    shown = list(fig.layout.xaxis.tickvals)
+    assert len(shown) < 60 and shown[0] == 0 and len(shown) * plots.TICK_SPACING <= plots.HEATMAP_WIDTH_PX + \
+        plots.TICK_SPACING * (shown[1] - shown[0])
+    assert fig.layout.xaxis.tickfont.size >= 10 and fig.layout.yaxis.tickfont.size >= 10
+    assert fig.layout.height > plots.heatmap_height(10)  # grows with the sequence
+    assert fig.data[0].customdata[5][59] == "h5 → h59"  # every cell still named on hover
+    few = plots.attention_heatmap(np.eye(6), labels[:6], 3)
+    assert list(few.layout.xaxis.tickvals) == list(range(6))
+
+
+def test_numbers_never_read_negative_zero():
+    assert ui.number(-1e-9) == "0.0000" and ui.number(-1e-9, signed=True) == "±0.0000"
+    assert ui.number(0.12345) == "0.1235" and ui.number(-0.5, signed=True) == "-0.5000"
+    assert ui.pattern_name("vertical_diagonal") == "vertical + diagonal"
+    assert ui.pattern_name("reversed_block") == "reversed block"
+
+
+def test_itm_is_drawn_by_its_cross_entropy_and_wra_on_its_own():
+    from workbench import compute
+
+    steps = pd.DataFrame([
+        {"step": 1, "task": "itm", "loss": -2.3, "loss_itm_xe": 0.7, "loss_itm_ot": -1.0, "wra_weight": 3.0},
+        {"step": 2, "task": "mlm", "loss": 4.0},
+        {"step": 3, "task": "itm", "loss": -2.5, "loss_itm_xe": 0.5, "loss_itm_ot": -1.0, "wra_weight": 3.0}])
+    losses = compute.task_losses(steps)
+    assert (losses["loss"] > 0).all()  # a log axis shows every curve
+    assert list(losses["task"]) == ["itm (cross-entropy)", "mlm", "itm (cross-entropy)"]
+    assert list(losses["loss"]) == [0.7, 4.0, 0.5]
+    wra = compute.wra_terms(steps)
+    assert list(wra[wra["part"] == "WRA transport cost"]["value"]) == [-1.0, -1.0]
+    assert list(wra[wra["part"] != "WRA transport cost"]["value"]) == [-3.0, -3.0]  # weight x cost
+    old = steps.drop(columns=["loss_itm_xe", "loss_itm_ot", "wra_weight"])  # a log of an older run
+    assert list(compute.task_losses(old)["task"]) == ["itm", "mlm", "itm"] and compute.wra_terms(old).empty
+
+
+def test_regions_are_named_by_the_corpus_first():
+    from analyses.attention import ExampleLayout, region_objects_of
+
+    meta = {"objects": [{"category": "moon"}, {"category": "tissue"}], "region_object": [0, 1, 0, -1]}
+    assert region_objects_of(meta, 4) == ("moon", "tissue", "part of moon", "background")
+    assert region_objects_of({"objects": []}, 2) == ("", "")  # an official store: the detector names them
+    layout = ExampleLayout(0, "t", "i", ("[CLS]", "moon", "[SEP]"), ("switch", "quilt", "switch", "mat"),
+                           np.zeros((4, 4), np.float32), region_objects_of(meta, 4))
+    assert layout.labels()[3:] == ["moon #0", "tissue #1", "part of moon #2", "background #3"]
+    assert layout.region_detail(0) == "moon #0 (corpus) · detector: switch"
+    plain = ExampleLayout(0, "t", "i", ("[CLS]", "[SEP]"), ("dog",), np.zeros((1, 4), np.float32))
+    assert plain.labels()[2:] == ["dog #0"] and not plain.names_from_corpus
+
+
+def test_figures_follow_a_subset_and_fit_their_colour_scale():
+    from analyses import figures
+
+    heads = pd.DataFrame({"layer": [1, 1, 2, 2], "head": [0, 1, 0, 1], "n_maps": 3,
+                          "dominant_pattern": ["block", "vertical", "diagonal", "block"],
+                          **{f"frac_{c}": 0.1 for c in PATTERNS}})
+    heads["frac_reversed_block"] = [0.0, 0.26, 0.1, 0.05]
+    fig = figures.reversed_block_share_grid(heads)
+    image = fig.axes[0].images[0]
+    assert image.get_clim() == (0, 0.26)  # fitted to the largest share, not 0-1
+    assert "0 – 0.26" in fig.axes[1].get_ylabel()
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["1", "2"]  # the layers shown, not 0..n-1
+    part = figures.dominant_pattern_grid(heads[heads["head"] == 1])
+    assert [t.get_text() for t in part.axes[0].get_xticklabels()] == ["1"]

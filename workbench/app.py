@@ -9,6 +9,7 @@ import streamlit as st
 from workbench import ui  # the project is installed (`pip install -e .`, done by `make install`)
 
 PAGES = [
+    ("views/start.py", "Start", ":material/home:", "start"),
     ("views/overview.py", "Overview", ":material/grid_view:", "overview"),
     ("views/head_explorer.py", "Head explorer", ":material/blur_on:", "head_explorer"),
     ("views/image_view.py", "Image view", ":material/image:", "image_view"),
@@ -19,6 +20,7 @@ PAGES = [
 ]
 
 st.set_page_config(page_title="UNITER Workbench", page_icon=":material/visibility:", layout="wide")
+# The start page is the default, served at the root address; every other page opens at its own (/overview, …).
 navigation = st.navigation([st.Page(path, title=title, icon=icon, url_path=url, default=i == 0)
                             for i, (path, title, icon, url) in enumerate(PAGES)])
 st.sidebar.title("UNITER Workbench")

@@ -87,11 +87,16 @@ def solver_table(results: dict[str, dict], truth: dict[int, set[int]]) -> pd.Dat
     for name, r in results.items():
         plan = r["plan"]
         hits = sum(int(plan[p].argmax()) in regions for p, regions in truth.items() if p < len(plan))
-        rows.append({"solver": name, "transport cost": r["distance"],
-                     "L1 to IPOT": float(np.abs(plan - reference).sum()),
+        rows.append({"solver": name, "transport cost": _no_negative_zero(r["distance"]),
+                     "L1 to IPOT": _no_negative_zero(np.abs(plan - reference).sum()),
                      "grounded words hit": f"{hits} / {len(truth)}" if truth else "–",
                      "ms": round(1000 * r["seconds"], 1)})
     return pd.DataFrame(rows)
+
+
+def _no_negative_zero(value: float, digits: int = 6) -> float:
+    """Rounded to `digits`, with -0.0 made 0.0 (a table would print it "-0.0000")."""
+    return round(float(value), digits) + 0.0
 
 
 # ------------------------------------------------------------------------------------------ gold set
@@ -140,6 +145,31 @@ def read_metrics(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[int]]:
     return pd.DataFrame(steps), pd.DataFrame(evals), bad
 
 
+def task_losses(steps: pd.DataFrame) -> pd.DataFrame:
+    """(step, task, loss) for the per-task loss curves, every loss positive so that a log axis shows it: an ITM
+    step's total also holds weight x WRA, a signed transport cost (around -3 in the demo), so ITM is drawn by its
+    cross-entropy part (loss_itm_xe) as "itm (cross-entropy)" wherever that was logged."""
+    losses = steps[["step", "task", "loss"]].copy()
+    if "loss_itm_xe" in steps:
+        itm = (steps["task"] == "itm") & steps["loss_itm_xe"].notna()
+        losses.loc[itm, "loss"] = steps.loc[itm, "loss_itm_xe"]
+        losses.loc[itm, "task"] = "itm (cross-entropy)"
+    return losses
+
+
+def wra_terms(steps: pd.DataFrame) -> pd.DataFrame:
+    """(step, part, value) of the ITM steps' WRA term: the transport cost itself and, where the weight was
+    logged, what it added to the loss (weight x cost)."""
+    if "loss_itm_ot" not in steps:
+        return pd.DataFrame(columns=["step", "part", "value"])
+    itm = steps[(steps["task"] == "itm") & steps["loss_itm_ot"].notna()]
+    parts = [pd.DataFrame({"step": itm["step"], "part": "WRA transport cost", "value": itm["loss_itm_ot"]})]
+    if "wra_weight" in itm:
+        parts.append(pd.DataFrame({"step": itm["step"], "part": "weight × cost (added to the loss)",
+                                   "value": itm["loss_itm_ot"] * itm["wra_weight"]}))
+    return pd.concat(parts, ignore_index=True).dropna()
+
+
 def read_eval(path: Path) -> dict | None:
     """An eval_<split>.json (None when absent); ValueError naming the file when it is not valid JSON."""
     if not path.exists():
@@ -169,3 +199,58 @@ def eval_table(pretrained: dict, baseline: dict | None) -> pd.DataFrame:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# ------------------------------------------------------------------------------------------ overview
+OVERVIEW_LONG = 30  # examples still to classify above which the Overview first says how long it will take
+
+
+def export_coverage(table: pd.DataFrame, text_ids: list[str], maps_per_example: int) -> tuple[frozenset, str]:
+    """(the example indices an export_stats per-map table holds, "") when each one is still that example of the
+    split (same caption id) with all its layers x heads maps; else (frozenset(), why not)."""
+    if not pd.api.types.is_integer_dtype(table["example"]):
+        return frozenset(), "the export's example column does not hold example numbers"
+    counts = table.groupby("example").size()
+    short = counts[counts != maps_per_example]
+    if len(short):
+        return frozenset(), (f"the export holds {short.iloc[0]} maps of example {short.index[0]}, the model has "
+                             f"{maps_per_example} (layers × heads)")
+    pairs = table.drop_duplicates("example")[["example", "text_id"]]
+    examples = pairs["example"].to_numpy()
+    outside = examples[(examples < 0) | (examples >= len(text_ids))]
+    if len(outside):
+        return frozenset(), (f"the export holds example {outside[0]}, the split has {len(text_ids)} examples: it "
+                             f"changed since the export")
+    now = np.asarray(text_ids, dtype=object)[examples]
+    differ = np.flatnonzero(now != pairs["text_id"].astype(str).to_numpy(dtype=object))
+    if len(differ):
+        k = differ[0]
+        return frozenset(), (f"example {examples[k]} of the export is caption {pairs['text_id'].iloc[k]}, in the "
+                             f"split it is {now[k]}: the split changed since the export")
+    return frozenset(examples.tolist()), ""
+
+
+def overview_tables(parts: list[pd.DataFrame], chosen: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """summarise() of per-map rows gathered from an export and from example_table(), put in one order first (the
+    chosen examples', then layer and head) so that the result does not depend on where the rows came from."""
+    table = pd.concat(parts, ignore_index=True)
+    position = table["example"].map({e: k for k, e in enumerate(chosen)}).to_numpy()
+    return summarise([table.iloc[np.lexsort((table["head"], table["layer"], position))]])
+
+
+def duration(seconds: float) -> str:
+    """A rough time for a person: '40 s', '3 min 20 s', '1 h 5 min' (at least '1 s')."""
+    seconds = max(1, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s" if seconds and minutes < 10 else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def progress_text(done: int, total: int, seconds_left: float | None) -> str:
+    """The progress bar's line: examples done of total, and the time left when it can be estimated."""
+    left = f" · about {duration(seconds_left)} left" if seconds_left is not None and done < total else ""
+    return f"Classifying the attention maps: {done} / {total} examples{left}"

@@ -15,6 +15,21 @@ from analyses.patterns import PATTERNS
 HEAT = "Blues"
 MASS = "YlOrRd"
 MARGIN = dict(l=10, r=10, t=40, b=10)
+FONT = 10  # the smallest text on any chart, in px
+TICK_SPACING = 13  # px a tick label needs beside its neighbour at FONT px
+
+
+def subtitle(text: str) -> str:
+    """A second title line in a readable size (plotly's <sup> shrinks it below FONT)."""
+    return f"<br><span style='font-size:{FONT + 2}px'>{text}</span>"
+
+
+def _ticks(labels: list[str], length_px: float) -> dict:
+    """Axis ticks that stay readable however many positions there are: every label while they fit `length_px`
+    at TICK_SPACING px each, else every k-th (position 0 and the rest by step); the hover still names all."""
+    step = max(1, int(np.ceil(len(labels) * TICK_SPACING / max(length_px, 1))))
+    shown = list(range(0, len(labels), step))
+    return dict(tickvals=shown, ticktext=[labels[i] for i in shown], tickfont=dict(size=FONT), automargin=True)
 
 
 def _discrete_scale() -> list:
@@ -42,12 +57,14 @@ def pattern_grid(heads: pd.DataFrame, title: str = "Dominant pattern per head") 
     fig = go.Figure(go.Heatmap(
         z=codes, x=n_heads, y=layers, zmin=-0.5, zmax=len(PATTERNS) - 0.5, colorscale=_discrete_scale(),
         text=[[SHORT[PATTERNS[c]] for c in row] for row in codes], texttemplate="%{text}", customdata=hover,
-        hovertemplate="%{customdata}<extra></extra>", xgap=2, ygap=2, showscale=False))
+        hovertemplate="%{customdata}<extra></extra>", xgap=2, ygap=2, showscale=False,
+        textfont=dict(size=13 if len(n_heads) <= 16 else FONT)))
     for c in PATTERNS:  # a legend instead of a colour bar: six discrete colours read better as named swatches
         fig.add_scatter(x=[None], y=[None], mode="markers", name=c.replace("_", " "),
                         marker=dict(symbol="square", size=12, color=COLORS[c]))
     fig.update_layout(title=title, xaxis=dict(title="head", dtick=1), margin=MARGIN, plot_bgcolor="white",
-                      yaxis=dict(title="layer", dtick=1, autorange="reversed"), height=max(300, 140 + 40 * len(layers)))
+                      yaxis=dict(title="layer", dtick=1, autorange="reversed"), height=max(300, 140 + 40 * len(layers)),
+                      legend=dict(orientation="h", y=-0.15, font=dict(size=FONT + 1)))
     return fig
 
 
@@ -58,46 +75,67 @@ def pattern_bars(layers: pd.DataFrame, title: str = "Pattern fractions per layer
         fig.add_bar(x=layers["layer"], y=layers[f"frac_{c}"], name=c.replace("_", " "), marker_color=COLORS[c],
                     hovertemplate=f"layer %{{x}}: %{{y:.1%}} {c.replace('_', ' ')}<extra></extra>")
     fig.update_layout(barmode="stack", title=title, xaxis=dict(title="layer", dtick=1), margin=MARGIN,
-                      yaxis=dict(title="share of maps", range=[0, 1], tickformat=".0%"), height=360)
+                      yaxis=dict(title="share of maps", range=[0, 1], tickformat=".0%"), height=360,
+                      legend=dict(orientation="h", y=-0.2, font=dict(size=FONT + 1)))
     return fig
+
+
+def heatmap_height(n: int) -> int:
+    """Figure height of an n x n map: grows with the sequence so that rows keep their room (520-1100 px)."""
+    return int(min(1100, max(520, 200 + 17 * n)))
+
+
+HEATMAP_WIDTH_PX = 380  # the plot width a full-width map gets at a 1100 px window (for thinning key labels)
 
 
 def attention_heatmap(attention: np.ndarray, labels: list[str], n_text: int, title: str = "",
-                      height: int = 640) -> go.Figure:
-    """One attention map, rows = queries, columns = keys, lines after [SEP] between text and regions."""
+                      height: int | None = None, hover_labels: list[str] | None = None) -> go.Figure:
+    """One attention map, rows = queries, columns = keys, lines after [SEP] between text and regions. Cells
+    are not forced square, so the map fills its column; tick labels are thinned where they would not fit
+    (`_ticks`), and `hover_labels` (default: labels) name every cell on hover."""
     n = len(labels)
+    height = height or heatmap_height(n)
     ticks = list(range(n))
-    hover = np.array([[f"{labels[i]} → {labels[j]}" for j in range(n)] for i in range(n)], dtype=object)
+    names = hover_labels or labels
+    hover = np.array([[f"{names[i]} → {names[j]}" for j in range(n)] for i in range(n)], dtype=object)
     fig = go.Figure(go.Heatmap(z=attention, x=ticks, y=ticks, colorscale=HEAT, zmin=0, customdata=hover,
                                hovertemplate="%{customdata}<br>attention %{z:.3f}<extra></extra>",
-                               colorbar=dict(title="attention")))
+                               colorbar=dict(title=dict(text="attention", side="right"), thickness=12)))
     edge = n_text - 0.5
     for kw in (dict(x0=edge, x1=edge, y0=-0.5, y1=n - 0.5), dict(y0=edge, y1=edge, x0=-0.5, x1=n - 0.5)):
         fig.add_shape(type="line", line=dict(color="#d62728", width=1.5, dash="dot"), **kw)
-    font = dict(size=9 if n <= 60 else 7)
-    fig.update_layout(title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      xaxis=dict(tickvals=ticks, ticktext=labels, tickangle=-60, title="key", tickfont=font,
-                                 side="bottom", constrain="domain"),
-                      yaxis=dict(tickvals=ticks, ticktext=labels, autorange="reversed", title="query",
-                                 tickfont=font, scaleanchor="x"))
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis=dict(**_ticks(labels, HEATMAP_WIDTH_PX), tickangle=-90, title="key", side="bottom"),
+                      yaxis=dict(**_ticks(labels, height - 180), autorange="reversed", title="query"))
     return fig
 
 
-def probability_bars(probabilities: dict[str, float], title: str = "Classifier probabilities") -> go.Figure:
+def probability_bars(probabilities: dict[str, float], title: str = "Pattern probability") -> go.Figure:
+    """The classifier's probability per pattern; names on two lines where long, so a narrow column keeps them."""
     names = list(probabilities)
-    fig = go.Figure(go.Bar(x=[probabilities[c] for c in names], y=[c.replace("_", " ") for c in names],
+    fig = go.Figure(go.Bar(x=[probabilities[c] for c in names], y=[c.replace("_", "<br>") for c in names],
                            orientation="h", marker_color=[COLORS.get(c, "#888") for c in names],
-                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
-    fig.update_layout(title=title, xaxis=dict(range=[0, 1]), yaxis=dict(autorange="reversed"), height=260,
-                      margin=MARGIN)
+                           customdata=[c.replace("_", " ") for c in names],
+                           hovertemplate="%{customdata}: %{x:.3f}<extra></extra>"))
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), height=300, margin=dict(l=10, r=20, t=36, b=10),
+                      xaxis=dict(range=[0, 1], tickfont=dict(size=FONT)),
+                      yaxis=dict(autorange="reversed", automargin=True, tickfont=dict(size=FONT + 1)))
     return fig
+
+
+def _legend_line(fig: go.Figure, name: str, color: str, width: float, dash: str = "solid") -> None:
+    """A legend entry for outlines drawn as shapes (shapes have no legend of their own)."""
+    fig.add_scatter(x=[None], y=[None], mode="lines", name=name, hoverinfo="skip",
+                    line=dict(color=color, width=width, dash=dash))
 
 
 def image_boxes(uri: str | None, width: int, height: int, boxes: np.ndarray, labels: list[str],
                 weights: np.ndarray | None = None, highlight: list[int] = (), truth: list[int] = (),
-                title: str = "", weight_name: str = "attention", figure_height: int = 560) -> go.Figure:
+                title: str = "", weight_name: str = "attention", figure_height: int = 560,
+                highlight_name: str = "largest") -> go.Figure:
     """The picture with its region boxes (pixels x1, y1, x2, y2); boxes shaded by `weights` (scaled to the
-    largest), `highlight` boxes drawn thick, ground-truth boxes dashed green."""
+    largest), `highlight` boxes drawn thick black, ground-truth boxes dashed green, one dot per region centre
+    (hover: its name and weight). A legend under the picture says which is which."""
     fig = go.Figure()
     if uri:
         fig.add_trace(go.Image(source=uri, hoverinfo="skip"))
@@ -120,12 +158,22 @@ def image_boxes(uri: str | None, width: int, height: int, boxes: np.ndarray, lab
         centres = np.column_stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2])
         text = [f"{labels[j]}<br>{weight_name} {w[j]:.3f}" if weights is not None else labels[j] for j in range(k)]
         fig.add_trace(go.Scatter(x=centres[:, 0], y=centres[:, 1], mode="markers", text=text,
+                                 name="region centre" + (f" (colour: {weight_name})" if weights is not None else ""),
                                  hovertemplate="%{text}<extra></extra>",
                                  marker=dict(size=9, color=w, colorscale=MASS, showscale=weights is not None,
                                              cmin=0, cmax=float(w.max()) if w.max() > 0 else 1,
                                              line=dict(color="white", width=1),
-                                             colorbar=dict(title=weight_name, len=0.8, thickness=14))))
-    fig.update_layout(title=title, height=figure_height, margin=MARGIN, showlegend=False,
+                                             colorbar=dict(title=dict(text=weight_name, side="right"), len=0.75,
+                                                           thickness=14))))
+    if highlight:
+        _legend_line(fig, highlight_name, "#000", 3)
+    if truth:
+        _legend_line(fig, "ground truth", "#2ca02c", 3, "dash")
+    if weights is not None:
+        _legend_line(fig, f"box shading: {weight_name}", colors[int(order[-1])] if k else "#f00", 6)
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=figure_height, margin=MARGIN,
+                      showlegend=True, legend=dict(orientation="h", x=0, y=-0.02, yanchor="top",
+                                                   font=dict(size=FONT + 1)),
                       xaxis=dict(range=[0, width], showgrid=False, zeroline=False, visible=False),
                       yaxis=dict(range=[height, 0], showgrid=False, zeroline=False, visible=False,
                                  scaleanchor="x"))
@@ -138,28 +186,32 @@ def token_bars(tokens: list[str], weights: np.ndarray, title: str = "", highligh
     colors = ["#2ca02c" if i in highlight else "#1f77b4" for i in range(len(tokens))]
     fig = go.Figure(go.Bar(x=weights, y=names, orientation="h", marker_color=colors,
                            hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
-    fig.update_layout(title=title, yaxis=dict(autorange="reversed"), height=max(260, 18 * len(tokens) + 80),
-                      margin=MARGIN)
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=max(260, 20 * len(tokens) + 90),
+                      margin=MARGIN, yaxis=dict(autorange="reversed", automargin=True, tickfont=dict(size=FONT + 1)))
     return fig
 
 
 def transport_heatmap(plan: np.ndarray, rows: list[str], columns: list[str], truth: dict[int, set[int]],
-                      title: str = "") -> go.Figure:
-    """Word x region transport plan; ground-truth (word, region) pairs marked with green squares."""
+                      title: str = "", hover_columns: list[str] | None = None) -> go.Figure:
+    """Word x region transport plan; ground-truth (word, region) pairs marked with green squares on a white
+    halo, so that they stay visible on the darkest cells."""
     r, c = list(range(len(rows))), list(range(len(columns)))
-    hover = np.array([[f"{rows[i]} → {columns[j]}" for j in c] for i in r], dtype=object)
+    names = hover_columns or columns
+    hover = np.array([[f"{rows[i]} → {names[j]}" for j in c] for i in r], dtype=object)
     fig = go.Figure(go.Heatmap(z=plan, x=c, y=r, colorscale=MASS, zmin=0, customdata=hover,
-                               hovertemplate="%{customdata}<br>mass %{z:.4f}<extra></extra>",
-                               colorbar=dict(title="mass")))
+                               hovertemplate="%{customdata}<br>mass %{z:.3g}<extra></extra>",
+                               colorbar=dict(title="mass", thickness=14, exponentformat="e")))
     pairs = [(i, j) for i, js in truth.items() for j in js if i < len(rows) and j < len(columns)]
     if pairs:
-        fig.add_trace(go.Scatter(x=[j for _, j in pairs], y=[i for i, _ in pairs], mode="markers",
-                                 name="ground truth", hovertemplate="ground truth<extra></extra>",
-                                 marker=dict(symbol="square-open", size=11, color="#2ca02c", line=dict(width=2))))
-    fig.update_layout(title=title, height=max(380, 16 * len(rows) + 140), margin=MARGIN, showlegend=False,
-                      xaxis=dict(tickvals=c, ticktext=columns, tickangle=-60, title="region", tickfont=dict(size=9)),
-                      yaxis=dict(tickvals=r, ticktext=rows, autorange="reversed", title="text",
-                                 tickfont=dict(size=9)))
+        xs, ys = [j for _, j in pairs], [i for i, _ in pairs]
+        fig.add_scatter(x=xs, y=ys, mode="markers", hoverinfo="skip", showlegend=False,
+                        marker=dict(symbol="square-open", size=15, color="white", line=dict(width=4)))
+        fig.add_scatter(x=xs, y=ys, mode="markers", name="ground truth", hovertemplate="ground truth<extra></extra>",
+                        marker=dict(symbol="square-open", size=15, color="#2ca02c", line=dict(width=2)))
+    height = int(min(1000, max(460, 26 * len(rows) + 220)))
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height, margin=MARGIN, showlegend=False,
+                      xaxis=dict(**_ticks(columns, HEATMAP_WIDTH_PX), tickangle=-90, title="region"),
+                      yaxis=dict(**_ticks(rows, height - 220), autorange="reversed", title="text"))
     return fig
 
 
@@ -173,6 +225,7 @@ def lines(table: pd.DataFrame, x: str, y: str, group: str | None = None, title: 
         values = part[y].rolling(smooth, min_periods=1, center=True).mean() if smooth > 1 else part[y]
         fig.add_scatter(x=part[x], y=values, mode="lines", name=str(name),
                         hovertemplate=f"{name} · {x} %{{x}}: %{{y:.4g}}<extra></extra>")
-    fig.update_layout(title=title, height=340, margin=MARGIN, xaxis_title=x, yaxis_title=y_title or y,
-                      yaxis_type="log" if log_y else "linear", showlegend=bool(group))
+    yaxis = dict(title=y_title or y, type="log", dtick=1) if log_y else dict(title=y_title or y)  # log: powers of 10
+    fig.update_layout(title=title, height=380, margin=MARGIN, xaxis_title=x, yaxis=yaxis, showlegend=bool(group),
+                      legend=dict(orientation="h", x=0, y=-0.25, yanchor="top", font=dict(size=FONT + 1)))
     return fig

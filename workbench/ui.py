@@ -149,7 +149,7 @@ def head_picker(loaded: Loaded, allow_mean: bool = False) -> tuple[int, int | No
     'mean' (None): the average over the layer's heads."""
     layer, head = state.index("layer", loaded.layers), state.index("head", loaded.heads)
     mean = allow_mean and state.flag("head_mean")
-    cols = st.columns([3, 1, 1, 3, 1, 1, 2], vertical_alignment="bottom")
+    cols = st.columns([2.5, 1, 1, 2.5, 1, 1, 3], vertical_alignment="bottom")
     cols[0].selectbox("Layer", range(loaded.layers), key="layer", persist_state="session")
     cols[1].button("◀", key="layer_prev", help="previous layer", on_click=_step, args=("layer", -1, loaded.layers))
     cols[2].button("▶", key="layer_next", help="next layer", on_click=_step, args=("layer", 1, loaded.layers))
@@ -169,3 +169,25 @@ def unexpected(error: Exception, where: str, container=st) -> None:
     logging.getLogger("workbench").error("unexpected error in %s", where, exc_info=error)
     container.error(f"{UNEXPECTED} in {where}: {type(error).__name__}: {error}. Please report it; switching the "
                     f"source, split or page, or reloading, may get around it.")
+
+
+# ------------------------------------------------------------------------------------------ wording
+def pattern_name(pattern: str) -> str:
+    """'vertical_diagonal' -> 'vertical + diagonal', as the pages write a pattern."""
+    return pattern.replace("_diagonal", " + diagonal").replace("_", " ")
+
+
+def region_naming(layout) -> str:
+    """How the regions of an example are named on the page (ExampleLayout.region_name), in words."""
+    if layout.names_from_corpus:
+        return ("by what the corpus says they show (“moon #0”: the object's own box; “part of moon #4”: a "
+                "proposal covering it; “background #7”), hover for the detector's class")
+    return "by the detector's top class and box index (“dog #3”); the corpus records no objects"
+
+
+def number(value: float, digits: int = 4, signed: bool = False) -> str:
+    """A rounded number that never reads "-0.0000": what rounds to zero is written 0 (with `signed`, "±0")."""
+    rounded = round(float(value), digits)
+    if rounded == 0:
+        return ("±" if signed else "") + f"{0:.{digits}f}"
+    return f"{rounded:+.{digits}f}" if signed else f"{rounded:.{digits}f}"

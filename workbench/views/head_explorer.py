@@ -14,21 +14,21 @@ layout = example.layout
 row = table[(table["layer"] == layer) & (table["head"] == head)].iloc[0]
 
 st.markdown(f"**Example {index}** ({layout.text_id}): {' '.join(layout.tokens[1:-1])}")
-left, right = st.columns([3, 1])
-with left:
-    st.plotly_chart(plots.attention_heatmap(example.maps[layer, head], layout.labels(), layout.n_text,
-                                            f"Layer {layer}, head {head}: rows = queries, columns = keys"),
-                    key="head_heatmap", config=ui.CHART)
+pattern = row["pattern"]
+st.markdown(f"**Predicted pattern**: {ui.pattern_name(pattern)} (p = {row[f'p_{pattern}']:.2f})")
+st.plotly_chart(plots.attention_heatmap(example.maps[layer, head], layout.labels(), layout.n_text,
+                                        f"Layer {layer}, head {head}: rows = queries, columns = keys",
+                                        hover_labels=layout.hover_labels()),
+                key="head_heatmap", config=ui.CHART)
+left, right = st.columns(2)
+left.plotly_chart(plots.probability_bars({c: float(row[f"p_{c}"]) for c in PATTERNS}), key="head_probs",
+                  config=ui.CHART)
 with right:
-    pattern = row["pattern"]
-    st.metric("Predicted pattern", pattern.replace("_", " "), f"p = {row[f'p_{pattern}']:.2f}",
-              delta_color="off", delta_arrow="off")
-    st.plotly_chart(plots.probability_bars({c: float(row[f"p_{c}"]) for c in PATTERNS}), key="head_probs",
-                    config=ui.CHART)
     st.markdown("**Head statistics** (this map)")
     st.dataframe([{"statistic": name, "value": round(float(row[name]), 4)} for name in HEAD_STATS],
-                 hide_index=True)
+                 hide_index=True, width="stretch", height=260)
 with st.expander("What the statistics mean"):
     st.markdown("\n".join(f"- **{name}**: {doc}" for name, doc in HEAD_STATS.items()))
-st.caption(f"{layout.n_text} text positions ([CLS], word-pieces, [SEP]) and {layout.n_regions} regions "
-           f"(detector class #box index); the dotted lines separate text from regions.")
+st.caption(f"{layout.n_text} text positions ([CLS], word-pieces, [SEP]) and {layout.n_regions} regions, named "
+           f"{ui.region_naming(layout)}; the dotted lines separate text from regions. With many positions only "
+           f"every few are labelled on the axes; hover a cell for its query and key.")

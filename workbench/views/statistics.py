@@ -1,6 +1,5 @@
 """Statistics: the tables and figures written by analyses.export_stats, filtered and downloadable."""
 import json
-import shlex
 from pathlib import Path
 
 import streamlit as st
@@ -11,7 +10,6 @@ from workbench import compute, loaders, settings, state, ui
 
 MIME = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json",
         "png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
-MAGIC = {"png": (b"\x89PNG",), "pdf": (b"%PDF",), "svg": (b"<svg", b"<?xml")}  # how a figure file starts
 TABLES = {"heads": "per head", "layers": "per layer", "examples": "per map"}
 # Columns the page filters on; a table without them is not an export_stats table.
 REQUIRED = {"heads": ("layer", "head", "dominant_pattern"), "layers": ("layer", "dominant_pattern"),
@@ -26,29 +24,23 @@ def export_source(source) -> dict:
     return {"checkpoint": source.path, "corpus": source.corpus, "preset": source.preset}
 
 
-def export_command(source, split: str, out: Path) -> list[str]:
-    """The command line that exports what run_export does."""
-    where = [part for name, value in export_source(source).items() for part in (f"--{name}", value)]
-    return ["python", "-m", "analyses.export_stats", *where, "--split", split, "--out", f"{out}/"]
-
-
-@st.cache_data(max_entries=24, show_spinner=False)
-def figure_bytes(folder: str, name: str, fmt: str, stamp: float) -> bytes:
-    """The exported figure file, or the same figure drawn from the exported tables when that format is missing."""
-    path = Path(folder) / "figures" / f"{name}.{fmt}"
-    if figure_readable(path, fmt):
-        return path.read_bytes()
+@st.cache_data(max_entries=48, show_spinner=False)
+def figure_bytes(folder: str, name: str, fmt: str, stamp: float, layers: tuple = (), heads: tuple = (),
+                 patterns: tuple = ()) -> bytes | None:
+    """One of analyses.figures drawn from the folder's tables, as export_stats draws it, for the filtered layers,
+    heads and dominant patterns (None when none is left). Drawn here rather than read from figures/, so that the
+    page follows the filters and always shows the current drawing (fitted colour scales) even for older exports.
+    Layer filters apply to every figure, head and pattern filters to the per-head ones."""
     tables = {t: loaders.stats_table(Path(folder), t, REQUIRED[t] + FRACTIONS) for t in ("layers", "heads")}
+    if layers:
+        tables = {t: table[table["layer"].isin(layers)] for t, table in tables.items()}
+    if heads:
+        tables["heads"] = tables["heads"][tables["heads"]["head"].isin(heads)]
+    if patterns:
+        tables["heads"] = tables["heads"][tables["heads"]["dominant_pattern"].isin(patterns)]
+    if not len(tables[figures.FIGURES[name][0]]):
+        return None
     return figures.render(name, tables["layers"], tables["heads"], fmt)
-
-
-def figure_readable(path: Path, fmt: str) -> bool:
-    """Whether an exported figure file starts like a file of its format (a broken one is drawn again)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(64).lstrip().startswith(MAGIC[fmt])
-    except OSError:
-        return False
 
 
 def sorted_values(column) -> list:
@@ -75,23 +67,30 @@ st.title("Statistics")
 source = ui.current_source()
 split = st.session_state.get("split")
 split = split if isinstance(split, str) and split else "test"
-default = settings.stats_root() / source.name
+default = loaders.export_folder(source)
 state.text("stats_dir", "")
 typed = st.text_input("Statistics folder", key="stats_dir", placeholder=str(default), persist_state="session",
                       help="A folder written by `python -m analyses.export_stats` (default: stats/<run name>).")
-folder = settings.resolve(typed) if typed.strip() else default
-command = export_command(source, split, Path(typed.strip() or default))
+folder = loaders.export_folder(source, typed)
+command = loaders.export_command(source, split, Path(typed.strip() or default))
 
 if not (folder / "columns.json").exists():
     if source.kind == "run" and not settings.resolve(source.path).exists():
         st.info(loaders.missing_run_message(source.path) + f" No exported statistics in `{folder}` either.")
         st.stop()
     st.info(f"No exported statistics in `{folder}` yet. Produce them with:")
-    st.code(shlex.join(command), language="bash")
+    st.code(command, language="bash")
+    try:
+        loaders.load(source)
+        unavailable = None
+    except loaders.LoadError as error:
+        unavailable = str(error)
     cols = st.columns([2, 1, 3], vertical_alignment="bottom")
     limit = cols[0].number_input("…or export here, for the first N examples (0 = all)", min_value=0, value=0,
                                  step=50, key="export_limit")
-    if cols[1].button("Export now", key="export_now", type="primary"):
+    if unavailable:
+        cols[2].caption(f"Export now needs a model that loads: {unavailable}")
+    if cols[1].button("Export now", key="export_now", type="primary", disabled=bool(unavailable)):
         run_export(source, split, Path(typed.strip() or default), int(limit) or None)
         if (folder / "columns.json").exists():
             st.rerun()
@@ -101,7 +100,7 @@ try:
     sidecar = json.loads((folder / "columns.json").read_text(encoding="utf-8"))
 except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
     st.error(f"`{folder / 'columns.json'}` cannot be read ({error}); export the statistics again:")
-    st.code(shlex.join(command), language="bash")
+    st.code(command, language="bash")
     st.stop()
 source_info = sidecar.get("source", {}) if isinstance(sidecar, dict) else {}
 st.caption(" · ".join(f"{k}: {v}" for k, v in source_info.items() if v not in (None, "")))
@@ -126,7 +125,10 @@ if heads and "head" in view:
     view = view[view["head"].isin(heads)]
 if patterns:
     view = view[view[pattern_column].isin(patterns)]
-st.dataframe(view, hide_index=True, height=320)
+st.dataframe(view, hide_index=True, height=320,
+             column_config={pattern_column: st.column_config.TextColumn(width="medium"),
+                            "text_id": st.column_config.TextColumn(width="medium"),
+                            "image_id": st.column_config.TextColumn(width="medium")})
 st.caption(f"{len(view)} of {len(table)} rows")
 
 data = {"csv": view.to_csv(index=False).encode(), "json": view.to_json(orient="records", indent=1).encode()}
@@ -134,7 +136,7 @@ try:
     data = {"csv": data["csv"], "parquet": view.to_parquet(index=False), "json": data["json"]}
 except Exception as error:  # pyarrow refuses columns of mixed types (a hand-edited CSV)
     st.caption(f"No Parquet download: the table has columns Parquet cannot store ({type(error).__name__}).")
-cols = st.columns(6)
+cols = st.columns([1, 1.3, 1, 3])
 for col, (fmt, payload) in zip(cols, data.items()):
     col.download_button(f"{fmt.upper()}", payload, file_name=f"{name}.{fmt}", mime=MIME[fmt], key=f"dl_{fmt}",
                         icon=":material/download:")
@@ -147,18 +149,22 @@ with st.expander("What the columns mean"):
                   for c, d in docs.items()], hide_index=True)
 
 st.subheader("Figures")
-stamp = loaders.file_time(folder / "columns.json")
+chosen = (tuple(layers), tuple(heads), tuple(patterns))
+st.caption("Drawn from the tables as `analyses.export_stats` draws them" +
+           (", for the filters above: layers apply to every figure, heads and patterns to the per-head grids "
+            "(blank cells: filtered out). The downloads are these filtered figures." if any(chosen) else
+            "; set filters above to draw them for a part of the model."))
+stamp = max(loaders.file_time(folder / f"{t}.{ext}") for t in ("columns", "layers", "heads")
+            for ext in ("json", "parquet", "csv"))  # a re-export or a hand-edited table draws them again
 for figure_name in figures.FIGURES:
-    for fmt in ("png", "svg", "pdf"):
-        broken = folder / "figures" / f"{figure_name}.{fmt}"
-        if broken.exists() and not figure_readable(broken, fmt):
-            st.warning(f"`{broken}` is not a readable {fmt.upper()} file: the figure is drawn again from the "
-                       f"tables.")
-    left, right = st.columns([4, 1], vertical_alignment="center")
-    png = ui.guarded("Drawing the figure", figure_bytes, str(folder), figure_name, "png", stamp)
-    left.image(png, caption=figure_name.replace("_", " "), width=640)
-    for fmt in ("png", "svg", "pdf"):
+    png = ui.guarded("Drawing the figure", figure_bytes, str(folder), figure_name, "png", stamp, *chosen)
+    if png is None:
+        st.info(f"{figure_name.replace('_', ' ')}: no rows left under these filters.")
+        continue
+    st.image(png, caption=figure_name.replace("_", " "), width="stretch")
+    cols = st.columns([1, 1, 1, 4])
+    for col, fmt in zip(cols, ("png", "svg", "pdf")):
         payload = png if fmt == "png" else ui.guarded("Drawing the figure", figure_bytes, str(folder), figure_name,
-                                                      fmt, stamp)
-        right.download_button(fmt.upper(), payload, file_name=f"{figure_name}.{fmt}", mime=MIME[fmt],
-                              key=f"fig_{figure_name}_{fmt}", icon=":material/download:")
+                                                      fmt, stamp, *chosen)
+        col.download_button(fmt.upper(), payload, file_name=f"{figure_name}.{fmt}", mime=MIME[fmt],
+                            key=f"fig_{figure_name}_{fmt}", icon=":material/download:")

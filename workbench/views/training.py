@@ -27,15 +27,14 @@ if len(steps):
     smooth = st.slider("Smoothing (rolling mean over logged steps)", 1, 101, 21 if len(steps) > 200 else 1, step=2,
                        key="train_smooth")
     left, right = st.columns(2)
-    left.plotly_chart(plots.lines(steps, "step", "loss", "task", "Loss per task", smooth, log_y=True), key="t_loss",
-                      config=ui.CHART)
-    parts = [c for c in ("loss_itm_xe", "loss_itm_ot") if c in steps]
-    if parts:
-        names = {"loss_itm_xe": "cross-entropy", "loss_itm_ot": "WRA (OT)"}
-        itm = steps[steps["task"] == "itm"].melt(id_vars="step", value_vars=parts, var_name="part", value_name="value")
-        itm["part"] = itm["part"].map(names)
-        right.plotly_chart(plots.lines(itm.dropna(), "step", "value", "part", "ITM: cross-entropy and WRA (OT) parts",
-                                       smooth), key="t_itm", config=ui.CHART)
+    left.plotly_chart(plots.lines(compute.task_losses(steps), "step", "loss", "task", "Loss per task", smooth,
+                                  log_y=True), key="t_loss", config=ui.CHART)
+    wra = compute.wra_terms(steps)
+    if len(wra):
+        right.plotly_chart(plots.lines(wra, "step", "value", "part", "ITM's WRA term (optimal transport)", smooth,
+                                       y_title="value"), key="t_itm", config=ui.CHART)
+        left.caption("ITM is drawn by its cross-entropy: its total loss adds weight × WRA transport cost, which is "
+                     "signed (right), so the total would leave a log axis.")
     left, right = st.columns(2)
     if "lr" in steps:
         left.plotly_chart(plots.lines(steps, "step", "lr", title="Learning rate"), key="t_lr", config=ui.CHART)
