@@ -63,8 +63,8 @@ def pattern_grid(heads: pd.DataFrame, title: str = "Dominant pattern per head") 
         fig.add_scatter(x=[None], y=[None], mode="markers", name=c.replace("_", " "),
                         marker=dict(symbol="square", size=12, color=COLORS[c]))
     fig.update_layout(title=title, xaxis=dict(title="head", dtick=1), margin=MARGIN, plot_bgcolor="white",
-                      yaxis=dict(title="layer", dtick=1, autorange="reversed"), height=max(300, 140 + 40 * len(layers)),
-                      legend=dict(orientation="h", y=-0.15, font=dict(size=FONT + 1)))
+                      yaxis=dict(title="layer", dtick=1, autorange="reversed"), height=max(340, 180 + 40 * len(layers)),
+                      legend=dict(orientation="h", y=-0.3, yanchor="top", font=dict(size=FONT + 1)))
     return fig
 
 
@@ -75,8 +75,8 @@ def pattern_bars(layers: pd.DataFrame, title: str = "Pattern fractions per layer
         fig.add_bar(x=layers["layer"], y=layers[f"frac_{c}"], name=c.replace("_", " "), marker_color=COLORS[c],
                     hovertemplate=f"layer %{{x}}: %{{y:.1%}} {c.replace('_', ' ')}<extra></extra>")
     fig.update_layout(barmode="stack", title=title, xaxis=dict(title="layer", dtick=1), margin=MARGIN,
-                      yaxis=dict(title="share of maps", range=[0, 1], tickformat=".0%"), height=360,
-                      legend=dict(orientation="h", y=-0.2, font=dict(size=FONT + 1)))
+                      yaxis=dict(title="share of maps", range=[0, 1], tickformat=".0%"), height=400,
+                      legend=dict(orientation="h", y=-0.22, yanchor="top", font=dict(size=FONT + 1)))
     return fig
 
 
@@ -227,5 +227,5 @@ def lines(table: pd.DataFrame, x: str, y: str, group: str | None = None, title: 
                         hovertemplate=f"{name} · {x} %{{x}}: %{{y:.4g}}<extra></extra>")
     yaxis = dict(title=y_title or y, type="log", dtick=1) if log_y else dict(title=y_title or y)  # log: powers of 10
     fig.update_layout(title=title, height=380, margin=MARGIN, xaxis_title=x, yaxis=yaxis, showlegend=bool(group),
-                      legend=dict(orientation="h", x=0, y=-0.25, yanchor="top", font=dict(size=FONT + 1)))
+                      legend=dict(orientation="h", x=0, y=-0.28, yanchor="top", font=dict(size=FONT + 1)))
     return fig

@@ -125,7 +125,9 @@ if heads and "head" in view:
     view = view[view["head"].isin(heads)]
 if patterns:
     view = view[view[pattern_column].isin(patterns)]
-st.dataframe(view, hide_index=True, height=320,
+# The pattern right after the keys, where a narrow window still shows it (the export keeps its own order).
+first = [c for c in ("example", "layer", "head", pattern_column) if c in view]
+st.dataframe(view[first + [c for c in view.columns if c not in first]], hide_index=True, height=320,
              column_config={pattern_column: st.column_config.TextColumn(width="medium"),
                             "text_id": st.column_config.TextColumn(width="medium"),
                             "image_id": st.column_config.TextColumn(width="medium")})
@@ -161,7 +163,7 @@ for figure_name in figures.FIGURES:
     if png is None:
         st.info(f"{figure_name.replace('_', ' ')}: no rows left under these filters.")
         continue
-    st.image(png, caption=figure_name.replace("_", " "), width="stretch")
+    st.image(png, caption=figure_name.replace("_", " "), width="content")  # its own size, shrunk to fit
     cols = st.columns([1, 1, 1, 4])
     for col, fmt in zip(cols, ("png", "svg", "pdf")):
         payload = png if fmt == "png" else ui.guarded("Drawing the figure", figure_bytes, str(folder), figure_name,
