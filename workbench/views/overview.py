@@ -8,7 +8,7 @@ import time
 
 import streamlit as st
 
-from workbench import compute, loaders, plots, state, ui
+from workbench import compute, exports, loaders, plots, state, ui
 
 st.title("Overview")
 st.caption("Every layer × head map of the chosen examples is classified into the six attention patterns of "
@@ -24,17 +24,17 @@ if not chosen:
     st.info("Choose at least one example.")
     st.stop()
 
-folder = loaders.export_folder(loaded.source, state.read_text("stats_dir"))
-export, why = loaders.find_export(loaded, split, folder)
+folder = exports.export_folder(loaded.source, state.read_text("stats_dir"))
+export, why = exports.find_export(loaded, split, folder)
 covered = [i for i in chosen if export is not None and i in export.examples]
 missing = [i for i in chosen if export is None or i not in export.examples]
-command = loaders.export_command(loaded.source, split, folder)
+command = exports.export_command(loaded.source, split, folder)
 if export is not None:
     rest = (f"{len(missing)} of the chosen examples it does not cover are classified here" if missing else
             f"all {len(chosen)} chosen examples")
-    st.caption(f"From the export `{loaders.shown(folder)}` ({export.label}); {rest}.")
+    st.caption(f"From the export `{exports.shown(folder)}` ({export.label}); {rest}.")
 elif why:
-    st.caption(f"The export `{loaders.shown(folder)}` is not used: {why}.")
+    st.caption(f"The export `{exports.shown(folder)}` is not used: {why}.")
 
 
 def long_warning(notice, todo: int, per_example: float) -> None:

@@ -6,7 +6,7 @@ import streamlit as st
 
 from analyses import export_stats, figures
 from analyses.patterns import PATTERNS
-from workbench import compute, loaders, settings, state, ui
+from workbench import compute, exports, loaders, settings, state, ui
 
 MIME = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json",
         "png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
@@ -67,12 +67,12 @@ st.title("Statistics")
 source = ui.current_source()
 split = st.session_state.get("split")
 split = split if isinstance(split, str) and split else "test"
-default = loaders.export_folder(source)
+default = exports.export_folder(source)
 state.text("stats_dir", "")
 typed = st.text_input("Statistics folder", key="stats_dir", placeholder=str(default), persist_state="session",
                       help="A folder written by `python -m analyses.export_stats` (default: stats/<run name>).")
-folder = loaders.export_folder(source, typed)
-command = loaders.export_command(source, split, Path(typed.strip() or default))
+folder = exports.export_folder(source, typed)
+command = exports.export_command(source, split, Path(typed.strip() or default))
 
 if not (folder / "columns.json").exists():
     if source.kind == "run" and not settings.resolve(source.path).exists():
