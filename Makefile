@@ -52,21 +52,25 @@ demo: pretrain $(STATS)/columns.json
 	        --server.port $(PORT) --browser.gatherUsageStats false; \
 	fi
 
-# Headless Chromium for the app's end-to-end test (tests/test_workbench_e2e.py), from Debian when missing.
+# Headless Chromium and its chromedriver for the app's browser test (tests/test_workbench_browser.py), the
+# screenshots and the browser benchmark, from Debian when missing (both packages, so their versions match).
 # Without root (or apt) it only warns and the test skips, except under CI (CI=true), where it is an error.
+CHROMEDRIVER_FOUND = command -v chromedriver >/dev/null 2>&1 || test -x /usr/lib/chromium/chromedriver
 chromium:
-	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	    command -v google-chrome >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
-	then echo "installed chromium for the app's end-to-end test"; \
-	elif [ "$$CI" = true ]; then echo "error: chromium is missing and cannot be installed (needs root and apt-get)" >&2; \
-	    exit 1; \
-	else echo "note: no chromium (as root: apt-get install -y chromium); the app's browser test will be skipped" >&2; \
+	@if { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	      command -v google-chrome >/dev/null 2>&1; } && { $(CHROMEDRIVER_FOUND); }; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	then echo "installed chromium and chromium-driver for the app's browser test"; \
+	elif [ "$$CI" = true ]; then echo "error: chromium or its chromedriver is missing and cannot be installed" \
+	    "(needs root and apt-get)" >&2; exit 1; \
+	else echo "note: no chromium or chromedriver (as root: apt-get install -y chromium chromium-driver);" \
+	    "the app's browser test will be skipped" >&2; \
 	fi
 
+# --dist loadgroup keeps the tests of one xdist_group (the browser test's one server and browser) on one worker.
 test: $(STAMP) chromium
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 clean:
 	rm -rf $(VENV) data runs stats .pytest_cache

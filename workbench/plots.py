@@ -89,10 +89,11 @@ HEATMAP_WIDTH_PX = 380  # the plot width a full-width map gets at a 1100 px wind
 
 
 def attention_heatmap(attention: np.ndarray, labels: list[str], n_text: int, title: str = "",
-                      height: int | None = None, hover_labels: list[str] | None = None) -> go.Figure:
+                      height: int | None = None, hover_labels: list[str] | None = None,
+                      width_px: int = HEATMAP_WIDTH_PX) -> go.Figure:
     """One attention map, rows = queries, columns = keys, lines after [SEP] between text and regions. Cells
     are not forced square, so the map fills its column; tick labels are thinned where they would not fit
-    (`_ticks`), and `hover_labels` (default: labels) name every cell on hover."""
+    (`_ticks`, for a plot about `width_px` wide), and `hover_labels` (default: labels) name every cell on hover."""
     n = len(labels)
     height = height or heatmap_height(n)
     ticks = list(range(n))
@@ -105,7 +106,7 @@ def attention_heatmap(attention: np.ndarray, labels: list[str], n_text: int, tit
     for kw in (dict(x0=edge, x1=edge, y0=-0.5, y1=n - 0.5), dict(y0=edge, y1=edge, x0=-0.5, x1=n - 0.5)):
         fig.add_shape(type="line", line=dict(color="#d62728", width=1.5, dash="dot"), **kw)
     fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      xaxis=dict(**_ticks(labels, HEATMAP_WIDTH_PX), tickangle=-90, title="key", side="bottom"),
+                      xaxis=dict(**_ticks(labels, width_px), tickangle=-90, title="key", side="bottom"),
                       yaxis=dict(**_ticks(labels, height - 180), autorange="reversed", title="query"))
     return fig
 

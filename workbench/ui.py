@@ -99,6 +99,9 @@ def _example_picker(loaded: Loaded) -> None:
     state.index("example", len(texts), context=(str(loaded.corpus), split))
     st.selectbox("Example", range(len(texts)), key="example", persist_state="session",
                  format_func=lambda i: f"{i}: {texts[i].get('caption', texts[i].get('text_id', ''))}"[:90])
+    chosen = texts[state.as_index(st.session_state.get("example")) or 0]
+    # The select box shows the start of a long caption; the whole of it follows here.
+    st.caption(f"“{chosen.get('caption', chosen.get('text_id', ''))}”")
     checkpoint = f" · checkpoint {loaded.checkpoint}" if loaded.checkpoint else ""
     st.caption(f"{split} split · {len(texts)} examples · {loaded.layers} layers × {loaded.heads} heads{checkpoint} · "
                f"corpus `{loaded.corpus}`")

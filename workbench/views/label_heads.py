@@ -11,6 +11,8 @@ from analyses.mapfile import MapFileError
 from analyses.patterns import PATTERNS
 from workbench import compute, loaders, plots, settings, state, ui
 
+LABEL_MAP_PX = 230  # the map's plot width in its column at a 1100 px window (key labels are thinned to fit)
+
 st.title("Label heads")
 st.caption("Maps not labelled yet come first, the ones the classifier is least sure about before the others (the "
            "order comes from the classifier; its guess stays hidden unless you ask for it, so that it does not "
@@ -105,15 +107,16 @@ record = {"example": int(current["example"]), "layer": int(current["layer"]), "h
 example = loaders.example(loaded, split, record["example"])
 table = tables[record["example"]]
 row = table[(table["layer"] == record["layer"]) & (table["head"] == record["head"])].iloc[0]
-left, right = st.columns([3, 2])
+left, right = st.columns([2, 1])
 left.plotly_chart(plots.attention_heatmap(example.maps[record["layer"], record["head"]], example.layout.labels(),
                                           example.layout.n_text, f"Example {record['example']}, layer "
-                                          f"{record['layer']}, head {record['head']}", height=560),
+                                          f"{record['layer']}, head {record['head']}",
+                                          hover_labels=example.layout.hover_labels(), width_px=LABEL_MAP_PX),
                   key="label_map", config=ui.CHART)
 with right:
     status = "already labelled" if current["labelled"] else "unlabelled"
     state.flag("label_show_guess", False)
-    show_guess = st.toggle("Show the classifier's guess", key="label_show_guess", persist_state="session",
+    show_guess = st.toggle("Classifier's guess", key="label_show_guess", persist_state="session",
                            help="Off by default: label what you see first, then compare if you like.")
     if show_guess:
         st.markdown(f"**{status}** · classifier says *{ui.pattern_name(row['pattern'])}* "
@@ -122,10 +125,8 @@ with right:
                         config=ui.CHART)
     else:
         st.markdown(f"**{status}**")
-    buttons = st.columns(2)
-    for i, label in enumerate(goldset.LABELS):
-        buttons[i % 2].button(label.replace("_", " "), key=f"label_{label}", on_click=save, args=(label, record),
-                              width="stretch")
+    for label in goldset.LABELS:  # one per row: two per row cut "vertical diagonal" in narrow windows
+        st.button(ui.pattern_name(label), key=f"label_{label}", on_click=save, args=(label, record), width="stretch")
     stack = saved()
     st.button("Undo last label", key="label_undo", on_click=undo, disabled=not stack,
               icon=":material/undo:", width="stretch",
@@ -205,12 +206,14 @@ else:
     try:
         report = json.loads(report_file.read_text(encoding="utf-8"))
         rows = [{"evaluated on": e["description"], "maps": e["n"],
-                 "classifier macro-F1": round(e["classifier"]["macro_f1"], 3),
-                 "rules macro-F1": round(e["rules"]["macro_f1"], 3),
-                 "classifier accuracy": round(e["classifier"]["accuracy"], 3)} for e in report["evaluations"]]
+                 "macro-F1": round(e["classifier"]["macro_f1"], 3),
+                 "rules' F1": round(e["rules"]["macro_f1"], 3),
+                 "accuracy": round(e["classifier"]["accuracy"], 3)} for e in report["evaluations"]]
         st.markdown(f"**Current classifier** `{named(model_file)}` ({report['metadata'].get('created', '?')}): "
                     f"{report['training']['description']}")
         st.dataframe(rows, hide_index=True)
+        st.caption("macro-F1 and accuracy: the classifier's; rules' F1: the macro-F1 of the threshold rules "
+                   "(analyses.patterns) on the same maps.")
         if report.get("note"):
             st.caption(report["note"])
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:  # JSON and Unicode errors too
