@@ -118,6 +118,16 @@ def test_the_page_uses_a_matching_export_and_shows_what_computing_shows(open_ove
     assert "all 2 chosen examples" in texts(at.caption) and "2 examples" in at.get("plotly_chart")[0].proto.spec
     ok(computed.multiselect(key="overview_examples").set_value([2, 1]).run())
     same_result(shown(at), shown(computed))
+    ok(at.toggle(key="overview_all").set_value(True).run())  # the whole split, without a chip per example
+    n = len(exported_examples(exported))  # the export holds the whole split
+    assert f"all {n} chosen examples" in texts(at.caption) and f"({n} examples)" in at.get("plotly_chart")[0].proto.spec
+    assert not at.multiselect and at.session_state["overview_examples"] == [2, 1]  # kept for when it is off again
+    ok(at.toggle(key="overview_all").set_value(False).run())
+    assert at.multiselect(key="overview_examples").value == [2, 1]
+
+
+def exported_examples(exported: Path) -> set:
+    return set(pd.read_parquet(exported / "tiny" / "examples.parquet")["example"])
 
 
 def test_examples_an_export_does_not_cover_are_computed(open_overview, workbench_env, tmp_path):

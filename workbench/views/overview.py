@@ -17,9 +17,16 @@ st.caption("Every layer × head map of the chosen examples is classified into th
 
 loaded, split, _ = ui.need_example()
 count = len(ui.guarded("Reading the split", loaders.get_dataset, loaded, split))
-state.indices("overview_examples", count, list(range(min(8, count))))
-chosen = st.multiselect("Examples", range(count), key="overview_examples", persist_state="session",
-                        help=f"Examples of the {split!r} split to classify (the first 8 by default).")
+state.flag("overview_all", False)
+whole = st.toggle(f"The whole {split} split ({count} examples)", key="overview_all", persist_state="session",
+                  help="Every example of the split: read from a matching export at once, else classified with a "
+                       "progress bar. Off: the examples chosen below.")
+if whole:  # no multiselect of hundreds of chips for the browser to draw; the chosen examples are kept for later
+    chosen = list(range(count))
+else:
+    state.indices("overview_examples", count, list(range(min(8, count))))
+    chosen = st.multiselect("Examples", range(count), key="overview_examples", persist_state="session",
+                            help=f"Examples of the {split!r} split to classify (the first 8 by default).")
 if not chosen:
     st.info("Choose at least one example.")
     st.stop()
@@ -89,8 +96,8 @@ right.plotly_chart(plots.pattern_bars(layers), key="overview_bars", config=ui.CH
 
 shares = table["pattern"].value_counts(normalize=True)
 # One wrapping line rather than a row of metrics: six metric labels get cut ("heterogene…") in narrow windows.
-st.markdown("**Share of all maps:** " + " · ".join(f"{ui.pattern_name(p)} **{share:.0%}**"
-                                                  for p, share in shares.items()))
+st.markdown("**Share of all maps:** " + " · ".join(f"{ui.pattern_name(p)} **{share:.0%}**" if share >= 0.01 else
+                                                  f"{ui.pattern_name(p)} **{share:.1%}**" for p, share in shares.items()))
 with st.expander("Per-head table"):
     st.dataframe(heads, hide_index=True, column_config={"dominant_pattern": st.column_config.TextColumn(width="medium")})
 st.caption(f"Source `{loaded.source.path}` · split {split} · {len(table)} maps · classifier "
