@@ -94,8 +94,8 @@ def reversed_block_share_grid(heads: pd.DataFrame):
     still differ."""
     share, layers, head_numbers = _grid(heads, "frac_reversed_block")
     n_layers, n_heads = share.shape
-    top = float(np.nanmax(share)) if np.isfinite(share).any() else 0.0
-    top = top if top > 0 else 1.0
+    largest = float(np.nanmax(share)) if np.isfinite(share).any() else 0.0
+    top = largest if largest > 0 else 1.0
     fig, ax = _grid_figure(n_layers, n_heads)
     image = ax.imshow(np.ma.masked_invalid(share), cmap="magma", vmin=0, vmax=top, aspect="auto",
                       interpolation="nearest")
@@ -105,7 +105,8 @@ def reversed_block_share_grid(heads: pd.DataFrame):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
                         color="white" if v < 0.6 * top else "black")
     _grid_axes(ax, layers, head_numbers)
-    fig.colorbar(image, ax=ax, label=f"reversed-block share\n(scale 0 – {top:.2f}, the largest shown)")
+    fig.colorbar(image, ax=ax, label=f"reversed-block share\n(scale 0 – {top:.2f}, the largest shown)" if largest > 0
+                 else "reversed-block share\n(0 in every head shown)")
     ax.set_title("Cross-modal (reversed-block) share per head")
     return fig
 

@@ -124,6 +124,9 @@ def test_statistics_missing_then_exported_filtered_and_downloaded(open_app, tmp_
     ok(at.radio(key="stats_table").set_value("examples").run())
     ok(at.multiselect(key="stats_heads_examples").set_value([0, 2]).run())
     assert len(at.dataframe[0].value) == 3 * 2 * 2
+    ok(at.multiselect(key="stats_patterns_examples").set_value(list(PATTERNS)).run())
+    assert "the per-map pattern filter does not apply to them" in texts(at.caption)
+    ok(at.multiselect(key="stats_patterns_examples").set_value([]).run())
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels == ["CSV", "PARQUET", "JSON"] + ["PNG", "SVG", "PDF"] * 3
     (tmp_path / "tiny" / "figures" / "dominant_pattern_grid.svg").unlink()  # older exports had no SVG
@@ -311,6 +314,16 @@ def test_many_positions_keep_readable_ticks_and_hover_names():
     assert fig.data[0].customdata[5][59] == "h5 → h59"  # every cell still named on hover
     few = plots.attention_heatmap(np.eye(6), labels[:6], 3)
     assert list(few.layout.xaxis.tickvals) == list(range(6))
+
+
+def test_each_split_has_its_own_default_export_folder(monkeypatch, tmp_path):
+    from workbench import exports
+
+    monkeypatch.setenv("WORKBENCH_STATS_ROOT", str(tmp_path))
+    source = loaders.Source("run", "runs/demo")
+    assert exports.export_folder(source) == tmp_path / "demo"  # the test split, as make demo exports it
+    assert exports.export_folder(source, split="val") == tmp_path / "demo-val"  # never the test split's folder
+    assert exports.export_folder(source, str(tmp_path / "mine"), "val") == tmp_path / "mine"
 
 
 def test_numbers_never_read_negative_zero():

@@ -106,7 +106,7 @@ def test_undo_takes_back_this_sessions_labels_one_by_one(label_page):
         assert "unlabelled again" in texts(at.success), texts(at.error)
         assert gold_state(gold) == states[step - 1]  # labels.csv byte for byte, maps.npz map for map
         assert shown_map(at) == offered[step - 1]  # the map taken back is offered again
-        assert f"{step - 1} labelled maps" in texts(at.markdown)
+        assert f"{step - 1} labelled map{'' if step == 2 else 's'} " in texts(at.markdown)
     assert gold_state(gold) == (None, None)  # as before the first label: no gold set at all
     assert at.button(key="label_undo").proto.disabled
 
@@ -248,3 +248,12 @@ def test_retrain_never_replaces_the_default_classifier_unasked(label_page):
     ok(box.check().run())
     assert "Retrain writes `analyses/models/head_classifier.joblib`" in texts(at.markdown)
     assert not at.button(key="retrain").proto.disabled
+
+
+def test_a_configured_gold_folder_never_offers_to_replace_the_default_classifier(label_page, monkeypatch):
+    """WORKBENCH_GOLD_DIR pointing at a scratch gold set, with the app on the default classifier: Retrain trains
+    that folder's own classifier and offers no box that would replace the committed default model."""
+    monkeypatch.delenv("WORKBENCH_CLASSIFIER", raising=False)
+    at = label_page(WORKBENCH_CLASSIFIER="")
+    assert not [c for c in at.checkbox if c.key == "retrain_replace_default"]
+    assert f"Retrain writes `{at.gold / 'head_classifier.joblib'}`" in texts(at.markdown)

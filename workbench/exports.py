@@ -55,10 +55,13 @@ def shown(path: str | Path) -> str:
         return str(path)
 
 
-def export_folder(source: Source, typed: str = "") -> Path:
-    """The statistics folder of a source, as the Statistics page picks it: the folder typed there, else
-    stats/<run name> under settings.stats_root()."""
-    return settings.resolve(typed.strip()) if typed.strip() else settings.stats_root() / source.name
+def export_folder(source: Source, typed: str = "", split: str = "test") -> Path:
+    """The statistics folder of a source's split, as the pages pick it: the folder typed on the Statistics page,
+    else under settings.stats_root() stats/<run name> for the test split (what `make demo` exports) and
+    stats/<run name>-<split> for any other, so that exporting one split never replaces another's export."""
+    if typed.strip():
+        return settings.resolve(typed.strip())
+    return settings.stats_root() / (source.name if split == "test" else f"{source.name}-{split}")
 
 
 def export_command(source: Source, split: str, out: Path) -> str:

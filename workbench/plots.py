@@ -99,7 +99,8 @@ def attention_heatmap(attention: np.ndarray, labels: list[str], n_text: int, tit
     ticks = list(range(n))
     names = hover_labels or labels
     hover = np.array([[f"{names[i]} → {names[j]}" for j in range(n)] for i in range(n)], dtype=object)
-    fig = go.Figure(go.Heatmap(z=attention, x=ticks, y=ticks, colorscale=HEAT, zmin=0, customdata=hover,
+    fig = go.Figure(go.Heatmap(z=attention, x=ticks, y=ticks, colorscale=HEAT, zmin=0,
+                               zmax=float(attention.max()) or 1.0, customdata=hover,
                                hovertemplate="%{customdata}<br>attention %{z:.3f}<extra></extra>",
                                colorbar=dict(title=dict(text="attention", side="right"), thickness=12)))
     edge = n_text - 0.5
@@ -149,7 +150,7 @@ def image_boxes(uri: str | None, width: int, height: int, boxes: np.ndarray, lab
         x1, y1, x2, y2 = boxes[j]
         shaded = weights is not None and scaled[j] > 0.02
         line = colors[j] if weights is not None else "rgba(31, 119, 180, 0.8)"
-        fill = colors[j].replace("rgb(", "rgba(").replace(")", f", {0.45 * scaled[j]:.3f})") if shaded else None
+        fill = colors[j].replace("rgb(", "rgba(").replace(")", f", {0.3 * scaled[j]:.3f})") if shaded else None
         fig.add_shape(type="rect", x0=x1, y0=y1, x1=x2, y1=y2, fillcolor=fill,
                       line=dict(color="#000" if j in highlight else line, width=3 if j in highlight else 1.5))
     for j in truth:
@@ -159,13 +160,17 @@ def image_boxes(uri: str | None, width: int, height: int, boxes: np.ndarray, lab
         centres = np.column_stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2])
         text = [f"{labels[j]}<br>{weight_name} {w[j]:.3f}" if weights is not None else labels[j] for j in range(k)]
         fig.add_trace(go.Scatter(x=centres[:, 0], y=centres[:, 1], mode="markers", text=text,
-                                 name="region centre" + (f" (colour: {weight_name})" if weights is not None else ""),
-                                 hovertemplate="%{text}<extra></extra>",
+                                 showlegend=False, hovertemplate="%{text}<extra></extra>",
                                  marker=dict(size=9, color=w, colorscale=MASS, showscale=weights is not None,
                                              cmin=0, cmax=float(w.max()) if w.max() > 0 else 1,
                                              line=dict(color="white", width=1),
                                              colorbar=dict(title=dict(text=weight_name, side="right"), len=0.75,
                                                            thickness=14))))
+    if k:  # the dots are coloured by weight; the legend shows one in a colour that reads on white
+        fig.add_scatter(x=[None], y=[None], mode="markers", hoverinfo="skip",
+                        name="region centre" + (f" (colour: {weight_name})" if weights is not None else ""),
+                        marker=dict(size=9, color="#e6550d" if weights is not None else "#1f77b4",
+                                    line=dict(color="white", width=1)))
     if highlight:
         _legend_line(fig, highlight_name, "#000", 3)
     if truth:
@@ -199,7 +204,9 @@ def transport_heatmap(plan: np.ndarray, rows: list[str], columns: list[str], tru
     r, c = list(range(len(rows))), list(range(len(columns)))
     names = hover_columns or columns
     hover = np.array([[f"{rows[i]} → {names[j]}" for j in c] for i in r], dtype=object)
-    fig = go.Figure(go.Heatmap(z=plan, x=c, y=r, colorscale=MASS, zmin=0, customdata=hover,
+    # The scale runs from 0 (plotly ignores zmin without zmax): a near-uniform plan reads as one colour, as it is
+    fig = go.Figure(go.Heatmap(z=plan, x=c, y=r, colorscale=MASS, zmin=0, zmax=float(plan.max()) or 1.0,
+                               customdata=hover,
                                hovertemplate="%{customdata}<br>mass %{z:.3g}<extra></extra>",
                                colorbar=dict(title="mass", thickness=14, exponentformat="e")))
     pairs = [(i, j) for i, js in truth.items() for j in js if i < len(rows) and j < len(columns)]

@@ -26,7 +26,7 @@ left.plotly_chart(plots.probability_bars({c: float(row[f"p_{c}"]) for c in PATTE
 with right:
     st.markdown("**Head statistics** (this map)")
     st.dataframe([{"statistic": name, "value": round(float(row[name]), 4)} for name in HEAD_STATS],
-                 hide_index=True, width="stretch", height=260)
+                 hide_index=True, width="stretch", height=36 * (len(HEAD_STATS) + 1))  # every row, no scroll
 with st.expander("What the statistics mean"):
     st.markdown("\n".join(f"- **{name}**: {doc}" for name, doc in HEAD_STATS.items()))
 st.caption(f"{layout.n_text} text positions ([CLS], word-pieces, [SEP]) and {layout.n_regions} regions, named "

@@ -9,9 +9,7 @@ from analyses import goldset, train_classifier
 from analyses.classifier import DEFAULT_MODEL
 from analyses.mapfile import MapFileError
 from analyses.patterns import PATTERNS
-from workbench import compute, loaders, plots, settings, state, ui
-
-LABEL_MAP_PX = 230  # the map's plot width in its column at a 1100 px window (key labels are thinned to fit)
+from workbench import compute, exports, loaders, plots, settings, state, ui
 
 st.title("Label heads")
 st.caption("Maps not labelled yet come first, the ones the classifier is least sure about before the others (the "
@@ -41,7 +39,7 @@ tables = [ui.guarded("Classifying the attention maps", loaders.example_table, lo
 queue = compute.label_queue(pd.concat(tables, ignore_index=True), goldset.labelled_keys(gold), run_name, split)
 todo = int((~queue["labelled"]).sum())
 counts = gold["label"].value_counts() if len(gold) else pd.Series(dtype=int)
-st.markdown(f"**Gold set** `{gold_dir}`: {len(gold)} labelled maps " +
+st.markdown(f"**Gold set** `{exports.shown(gold_dir)}`: {len(gold)} labelled map{'' if len(gold) == 1 else 's'} " +
             (" · ".join(f"{str(k).replace('_', ' ')} {v}" for k, v in counts.items()) if len(gold) else "") +
             f" — {todo} of {len(queue)} candidates still unlabelled.")
 
@@ -107,73 +105,68 @@ record = {"example": int(current["example"]), "layer": int(current["layer"]), "h
 example = loaders.example(loaded, split, record["example"])
 table = tables[record["example"]]
 row = table[(table["layer"] == record["layer"]) & (table["head"] == record["head"])].iloc[0]
-left, right = st.columns([2, 1])
-left.plotly_chart(plots.attention_heatmap(example.maps[record["layer"], record["head"]], example.layout.labels(),
-                                          example.layout.n_text, f"Example {record['example']}, layer "
-                                          f"{record['layer']}, head {record['head']}",
-                                          hover_labels=example.layout.hover_labels(), width_px=LABEL_MAP_PX),
-                  key="label_map", config=ui.CHART)
-with right:
-    status = "already labelled" if current["labelled"] else "unlabelled"
-    state.flag("label_show_guess", False)
-    show_guess = st.toggle("Classifier's guess", key="label_show_guess", persist_state="session",
+status = "already labelled" if current["labelled"] else "unlabelled"
+state.flag("label_show_guess", False)
+top = st.columns([3, 2], vertical_alignment="center")
+top[0].markdown(f"**This map is {status}.** Which pattern is it?")
+show_guess = top[1].toggle("Classifier's guess", key="label_show_guess", persist_state="session",
                            help="Off by default: label what you see first, then compare if you like.")
-    if show_guess:
-        st.markdown(f"**{status}** · classifier says *{ui.pattern_name(row['pattern'])}* "
-                    f"(p = {current['confidence']:.2f})")
-        st.plotly_chart(plots.probability_bars({c: float(row[f"p_{c}"]) for c in PATTERNS}), key="label_probs",
-                        config=ui.CHART)
-    else:
-        st.markdown(f"**{status}**")
-    for label in goldset.LABELS:  # one per row: two per row cut "vertical diagonal" in narrow windows
-        st.button(ui.pattern_name(label), key=f"label_{label}", on_click=save, args=(label, record), width="stretch")
-    stack = saved()
-    st.button("Undo last label", key="label_undo", on_click=undo, disabled=not stack,
-              icon=":material/undo:", width="stretch",
-              help=(f"Takes back map {stack[-1]['index']} ({stack[-1]['label']})" if stack else
-                    "Nothing labelled in this session yet"))
+# The buttons above the map, four to a row, so that the map keeps the page's whole width for its columns.
+buttons = st.columns(4)
+for i, label in enumerate(goldset.LABELS):
+    buttons[i % 4].button(ui.pattern_name(label), key=f"label_{label}", on_click=save, args=(label, record),
+                          width="stretch")
+stack = saved()
+buttons[len(goldset.LABELS) % 4].button(
+    "Undo last label", key="label_undo", on_click=undo, disabled=not stack, icon=":material/undo:",
+    width="stretch", help=(f"Takes back map {stack[-1]['index']} ({stack[-1]['label']})" if stack else
+                           "Nothing labelled in this session yet"))
+if show_guess:
+    guess, bars = st.columns([1, 2])
+    guess.markdown(f"The classifier says *{ui.pattern_name(row['pattern'])}* (p = {current['confidence']:.2f})")
+    bars.plotly_chart(plots.probability_bars({c: float(row[f"p_{c}"]) for c in PATTERNS}), key="label_probs",
+                      config=ui.CHART)
+st.plotly_chart(plots.attention_heatmap(example.maps[record["layer"], record["head"]], example.layout.labels(),
+                                        example.layout.n_text, f"Example {record['example']}, layer "
+                                        f"{record['layer']}, head {record['head']}: rows = queries, columns = keys",
+                                        hover_labels=example.layout.hover_labels()),
+                key="label_map", config=ui.CHART)
 
 st.subheader("Retrain the classifier")
 
 
-def named(path: Path) -> str:
-    """A path as the page writes it: relative to the repository when inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(settings.REPO))
-    except ValueError:
-        return str(path)
-
-
 # Retrain writes the classifier of the chosen gold folder (goldset.gold_classifier_file). The project's default
-# model and the one the app uses (WORKBENCH_CLASSIFIER) are replaced only with the box ticked, and only the
-# latter from the configured gold folder, which it goes with.
+# model and the one the app uses (WORKBENCH_CLASSIFIER) are replaced only with the box ticked.
 own = goldset.gold_classifier_file(gold_dir)
 in_use = loaders.classifier_file()
 protected = {DEFAULT_MODEL.resolve(), in_use.resolve()}
-replaceable = in_use if gold_dir.resolve() == settings.gold_dir().resolve() else \
+# The default model belongs to the project's gold set alone (never to a folder WORKBENCH_GOLD_DIR points at); a
+# WORKBENCH_CLASSIFIER goes with the configured gold folder.
+partner = goldset.PROJECT_GOLD if in_use.resolve() == DEFAULT_MODEL.resolve() else settings.gold_dir()
+replaceable = in_use if gold_dir.resolve() == Path(partner).resolve() else \
     (own if own.resolve() in protected else None)
 replace = False
 if replaceable is not None:
-    what = (f"the project's default classifier {named(DEFAULT_MODEL)} and its committed report"
+    what = (f"the project's default classifier {exports.shown(DEFAULT_MODEL)} and its committed report"
             if replaceable.resolve() == DEFAULT_MODEL.resolve() else
-            f"the classifier the app uses, {named(replaceable)} (WORKBENCH_CLASSIFIER)")
+            f"the classifier the app uses, {exports.shown(replaceable)} (WORKBENCH_CLASSIFIER)")
     replace = st.checkbox(f"Replace {what}", key="retrain_replace_default")
 out = replaceable if replace else (None if own.resolve() in protected else own)
 if out is None:  # the folder's own classifier is a protected one (then `replaceable` is set)
     whose = ("the project's gold set, whose classifier is the default one" if own.resolve() == DEFAULT_MODEL.resolve()
              else "the gold folder whose classifier is the one the app uses")
     how = ("tick the box above to replace it" if replaceable.resolve() == own.resolve() else
-           f"tick the box above to replace `{named(replaceable)}` instead")
-    st.info(f"`{named(gold_dir)}` is {whose}, `{named(own)}`, which Retrain does not replace unasked: {how}, or "
+           f"tick the box above to replace `{exports.shown(replaceable)}` instead")
+    st.info(f"`{exports.shown(gold_dir)}` is {whose}, `{exports.shown(own)}`, which Retrain does not replace unasked: {how}, or "
             f"type another gold folder to train a classifier of its own there.")
 elif out.resolve() == in_use.resolve():
-    st.markdown(f"Retrain writes `{named(out)}` (with its `.json` metadata and `.eval.json` / `.eval.md` report), "
+    st.markdown(f"Retrain writes `{exports.shown(out)}` (with its `.json` metadata and `.eval.json` / `.eval.md` report), "
                 f"the classifier the app uses: the maps are classified anew with it afterwards.")
 else:
-    st.markdown(f"Retrain writes `{named(out)}` (with its `.json` metadata and `.eval.json` / `.eval.md` report). "
-                f"The app keeps classifying with `{named(in_use)}`; to use the new one, start it with "
-                f"`WORKBENCH_CLASSIFIER={named(out)} streamlit run workbench/app.py`.")
-st.caption(f"`python -m analyses.train_classifier --gold-dir {named(gold_dir)} --out {named(out or own)} "
+    st.markdown(f"Retrain writes `{exports.shown(out)}` (with its `.json` metadata and `.eval.json` / `.eval.md` report). "
+                f"The app keeps classifying with `{exports.shown(in_use)}`; to use the new one, start it with "
+                f"`WORKBENCH_CLASSIFIER={exports.shown(out)} streamlit run workbench/app.py`.")
+st.caption(f"`python -m analyses.train_classifier --gold-dir {exports.shown(gold_dir)} --out {exports.shown(out or own)} "
            f"--gold-folds K`: synthetic maps plus the gold set; every gold map is scored by one of K "
            f"cross-validation models that did not see it, and the saved classifier is trained on all of them. An "
            f"existing file that train_classifier did not write is never replaced.")
@@ -201,7 +194,7 @@ if cols[2].button("Retrain", key="retrain", type="primary", icon=":material/mode
 model_file = out or own
 report_file = model_file.with_suffix(".eval.json")
 if not report_file.exists():
-    st.caption(f"No classifier trained on this gold folder yet (`{named(report_file)}` does not exist).")
+    st.caption(f"No classifier trained on this gold folder yet (`{exports.shown(report_file)}` does not exist).")
 else:
     try:
         report = json.loads(report_file.read_text(encoding="utf-8"))
@@ -209,7 +202,7 @@ else:
                  "macro-F1": round(e["classifier"]["macro_f1"], 3),
                  "rules' F1": round(e["rules"]["macro_f1"], 3),
                  "accuracy": round(e["classifier"]["accuracy"], 3)} for e in report["evaluations"]]
-        st.markdown(f"**Current classifier** `{named(model_file)}` ({report['metadata'].get('created', '?')}): "
+        st.markdown(f"**Current classifier** `{exports.shown(model_file)}` ({report['metadata'].get('created', '?')}): "
                     f"{report['training']['description']}")
         st.dataframe(rows, hide_index=True)
         st.caption("macro-F1 and accuracy: the classifier's; rules' F1: the macro-F1 of the threshold rules "
@@ -217,4 +210,4 @@ else:
         if report.get("note"):
             st.caption(report["note"])
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:  # JSON and Unicode errors too
-        st.error(f"`{named(report_file)}` cannot be read ({type(error).__name__}: {error}).")
+        st.error(f"`{exports.shown(report_file)}` cannot be read ({type(error).__name__}: {error}).")

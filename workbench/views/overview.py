@@ -31,7 +31,7 @@ if not chosen:
     st.info("Choose at least one example.")
     st.stop()
 
-folder = exports.export_folder(loaded.source, state.read_text("stats_dir"))
+folder = exports.export_folder(loaded.source, state.read_text("stats_dir"), split)
 export, why = exports.find_export(loaded, split, folder)
 covered = [i for i in chosen if export is not None and i in export.examples]
 missing = [i for i in chosen if export is None or i not in export.examples]

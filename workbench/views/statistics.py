@@ -60,40 +60,40 @@ def run_export(source, split: str, out: Path, max_examples: int | None) -> None:
             export_stats.export_stats, out=out, split=split, max_examples=max_examples,
             model=settings.classifier_path(), progress=False, **where)
     message = printed + (export_stats.summary(out, tables) if done else "")
-    (st.success if done else st.error)(message.strip())
+    st.session_state["export_message"] = ("success" if done else "error", message.strip())  # shown after rerun
 
 
 st.title("Statistics")
 source = ui.current_source()
 split = st.session_state.get("split")
 split = split if isinstance(split, str) and split else "test"
-default = exports.export_folder(source)
+default = exports.export_folder(source, split=split)
 state.text("stats_dir", "")
 typed = st.text_input("Statistics folder", key="stats_dir", placeholder=str(default), persist_state="session",
-                      help="A folder written by `python -m analyses.export_stats` (default: stats/<run name>).")
-folder = exports.export_folder(source, typed)
-command = exports.export_command(source, split, Path(typed.strip() or default))
+                      help="A folder written by `python -m analyses.export_stats` (default: stats/<run name> for "
+                           "the test split, stats/<run name>-<split> for the others).")
+folder = exports.export_folder(source, typed, split)
+command = exports.export_command(source, split, folder)
+kind, message = st.session_state.pop("export_message", (None, None))
+if kind:
+    (st.success if kind == "success" else st.error)(message)
 
 if not (folder / "columns.json").exists():
-    if source.kind == "run" and not settings.resolve(source.path).exists():
-        st.info(loaders.missing_run_message(source.path) + f" No exported statistics in `{folder}` either.")
-        st.stop()
-    st.info(f"No exported statistics in `{folder}` yet. Produce them with:")
-    st.code(command, language="bash")
     try:
         loaders.load(source)
-        unavailable = None
-    except loaders.LoadError as error:
-        unavailable = str(error)
+    except loaders.LoadError as error:  # nothing to export from: say what is missing, offer no command
+        ui.show(error)
+        st.info(f"No exported statistics in `{exports.shown(folder)}` either.")
+        st.stop()
+    st.info(f"No exported statistics of the {split} split in `{exports.shown(folder)}` yet. Produce them with:")
+    st.code(command, language="bash")
     cols = st.columns([2, 1, 3], vertical_alignment="bottom")
     limit = cols[0].number_input("…or export here, for the first N examples (0 = all)", min_value=0, value=0,
                                  step=50, key="export_limit")
-    if unavailable:
-        cols[2].caption(f"Export now needs a model that loads: {unavailable}")
-    if cols[1].button("Export now", key="export_now", type="primary", disabled=bool(unavailable)):
-        run_export(source, split, Path(typed.strip() or default), int(limit) or None)
-        if (folder / "columns.json").exists():
-            st.rerun()
+    cols[2].caption("The whole demo test split takes a few minutes on 2 CPU cores; the page waits until it is done.")
+    if cols[1].button("Export now", key="export_now", type="primary"):
+        run_export(source, split, folder, int(limit) or None)
+        st.rerun()
     st.stop()
 
 try:
@@ -113,11 +113,13 @@ options = {"layers": sorted_values(table["layer"]), "heads": sorted_values(table
 for key, values in [(f"stats_{k}_{name}", v) for k, v in options.items()] + [(f"stats_patterns_{name}", PATTERNS)]:
     state.members(key, list(values))
 cols = st.columns(3)
-layers = cols[0].multiselect("Layer", options["layers"], key=f"stats_layers_{name}", placeholder="all")
+layers = cols[0].multiselect("Layer", options["layers"], key=f"stats_layers_{name}", placeholder="all",
+                             persist_state="session")
 heads = cols[1].multiselect("Head", options["heads"], key=f"stats_heads_{name}", placeholder="all",
-                            disabled="head" not in table)
+                            disabled="head" not in table, persist_state="session")
 patterns = cols[2].multiselect("Pattern", PATTERNS, key=f"stats_patterns_{name}", placeholder="all",
-                               format_func=lambda p: p.replace("_", " "))
+                               format_func=ui.pattern_name, persist_state="session",
+                               help="per map: the map's predicted pattern; per head / per layer: the dominant one")
 view = table
 if layers:
     view = view[view["layer"].isin(layers)]
@@ -151,11 +153,18 @@ with st.expander("What the columns mean"):
                   for c, d in docs.items()], hide_index=True)
 
 st.subheader("Figures")
-chosen = (tuple(layers), tuple(heads), tuple(patterns))
-st.caption("Drawn from the tables as `analyses.export_stats` draws them" +
-           (", for the filters above: layers apply to every figure, heads and patterns to the per-head grids "
-            "(blank cells: filtered out). The downloads are these filtered figures." if any(chosen) else
-            "; set filters above to draw them for a part of the model."))
+# The figures are drawn from the per-head and per-layer tables: a per-map pattern filter (a map's own pattern)
+# has no counterpart there, so they follow the layer and head filters only.
+chosen = (tuple(layers), tuple(heads), () if name == "examples" else tuple(patterns))
+notes = []
+if any(chosen):
+    notes.append("drawn for the filters above: layers apply to every figure, heads and dominant patterns to the "
+                 "per-head grids (heads filtered out are left off their axis); the downloads are these figures")
+if name == "examples" and patterns:
+    notes.append("the per-map pattern filter does not apply to them: they show the heads' dominant patterns and "
+                 "shares over all their maps")
+st.caption("Drawn from the tables as `analyses.export_stats` draws them" + ("; " + "; ".join(notes) if notes else
+           "; set filters above to draw them for a part of the model") + ".")
 stamp = max(loaders.file_time(folder / f"{t}.{ext}") for t in ("columns", "layers", "heads")
             for ext in ("json", "parquet", "csv"))  # a re-export or a hand-edited table draws them again
 for figure_name in figures.FIGURES:
@@ -166,7 +175,7 @@ for figure_name in figures.FIGURES:
     st.image(png, caption=figure_name.replace("_", " "), width="content")  # its own size, shrunk to fit
     cols = st.columns([1, 1, 1, 4])
     for col, fmt in zip(cols, ("png", "svg", "pdf")):
-        payload = png if fmt == "png" else ui.guarded("Drawing the figure", figure_bytes, str(folder), figure_name,
-                                                      fmt, stamp, *chosen)
+        # SVG and PDF are drawn only when asked for (a callable), so that a filter change redraws one PNG each
+        payload = png if fmt == "png" else (lambda n=figure_name, f=fmt: figure_bytes(str(folder), n, f, stamp, *chosen))
         col.download_button(fmt.upper(), payload, file_name=f"{figure_name}.{fmt}", mime=MIME[fmt],
                             key=f"fig_{figure_name}_{fmt}", icon=":material/download:")

@@ -11,6 +11,10 @@ if source.kind != "run":
             "Choose “Run folder” in the sidebar.")
     st.stop()
 run_dir = ui.guarded("Finding the run folder", loaders.run_folder, source.path)
+if not (run_dir / "metrics.jsonl").exists() and not (run_dir / "train_config.json").exists():
+    st.info(f"`{source.path}` is not a run folder (it has neither train_config.json nor metrics.jsonl): pick a "
+            f"folder written by `python -m uniter_core.train`.")
+    st.stop()
 
 steps, evals, bad = ui.guarded("Reading metrics.jsonl", loaders.metrics, run_dir)
 if bad:

@@ -30,7 +30,7 @@ cols = st.columns(4)
 cols[0].metric("Transport cost Σ C·T", ui.number(chosen["distance"]))
 cols[1].metric("L1 to the IPOT plan", ui.number(np.abs(plan - ipot["plan"]).sum()))
 cols[2].metric("Cost difference to IPOT", ui.number(chosen["distance"] - ipot["distance"], signed=True))
-cols[3].metric("Entropic ε", "none (exact)" if solver == "POT EMD" else f"{epsilon:.3g}",
+cols[3].metric("Entropic ε", "none" if solver == "POT EMD" else f"{epsilon:.3g}",
                help="IPOT approaches entropic OT with ε = β / iterations; Sinkhorn is run with that ε")
 st.caption(f"Costs 1 − cos(word-piece, region) of this example run from {cost.min():.3g} to {cost.max():.3g} "
            f"(spread {cost.max() - cost.min():.3g}).")
@@ -65,6 +65,11 @@ with left:
                             format_func=lambda p: f"{p}: {layout.tokens[p]}" + (" ✓" if p in truth else ""),
                             help="✓ = the corpus knows which box this word-piece names (dashed green)")
     mass = plan[position] / max(plan[position].sum(), 1e-12)
+    uniform = 1 / layout.n_regions
+    st.caption(f"Its largest share is {mass.max():.3f} and its smallest {mass.min():.3f}, against "
+               f"{uniform:.3f} for an even spread over the {layout.n_regions} regions" +
+               (": close to even, so which region gets the most says little." if mass.max() < 1.5 * uniform
+                else "."))
     if position in truth:
         hit = int(mass.argmax()) in truth[position]
         st.caption(("✓ The largest mass lands on a ground-truth box" if hit else
