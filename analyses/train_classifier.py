@@ -35,7 +35,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from analyses.classifier import DEFAULT_MODEL, USED_FEATURES, HeadClassifier, fit, metadata_path
-from analyses.goldset import read_labels
+from analyses.goldset import PROJECT_GOLD, read_labels
 from analyses.mapfile import MapFileError, read_maps
 from analyses.patterns import FEATURE_NAMES, FEATURE_VERSION, PATTERNS, map_features
 from analyses.rules import rule_predict
@@ -44,7 +44,6 @@ from uniter_core.cli import exit_with, run_command
 from uniter_core.io import write_json, write_text
 from uniter_core.outputs import check_output_file, first_line
 
-DEFAULT_GOLD = Path(__file__).resolve().parent / "gold"
 SYNTHETIC_TEST_SEED_OFFSET = 1000  # the held-out synthetic stream never overlaps the training one
 
 
@@ -138,7 +137,7 @@ def markdown(report: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gold-dir", type=Path, default=DEFAULT_GOLD)
+    p.add_argument("--gold-dir", type=Path, default=PROJECT_GOLD)
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--n-synthetic", type=int, default=6000, help="synthetic training maps (default 6000)")
     p.add_argument("--n-test", type=int, default=1800, help="held-out synthetic maps (default 1800)")
@@ -207,7 +206,7 @@ def check_outputs(out: Path, write_report: bool = True) -> None:
             check_output_file(report, "train_classifier", _is_report, what="--out's report")
 
 
-def train_classifier(*, gold_dir: Path = DEFAULT_GOLD, out: Path = DEFAULT_MODEL, n_synthetic: int = 6000,
+def train_classifier(*, gold_dir: Path = PROJECT_GOLD, out: Path = DEFAULT_MODEL, n_synthetic: int = 6000,
                      n_test: int = 1800, gold_folds: int = 5, gold_test_fraction: float = 0.5,
                      gold_weight: float = 5.0, trees: int = 300, features: str = "scalar", seed: int = 0,
                      write_report: bool = True) -> dict:

@@ -39,7 +39,11 @@ def classifier_path() -> Path | None:
 
 def gold_dir() -> Path:
     value = os.environ.get("WORKBENCH_GOLD_DIR")
-    return resolve(value) if value else REPO / "analyses" / "gold"
+    if value:
+        return resolve(value)
+    from analyses.goldset import PROJECT_GOLD  # the committed gold set, named in one place
+
+    return PROJECT_GOLD
 
 
 def stats_root() -> Path:

@@ -96,10 +96,10 @@ def _example_picker(loaded: Loaded) -> None:
         st.caption(f"The {split} split holds no examples.")
         return
     # The labels are this split's captions: a new split (or corpus) must re-send the value, see workbench.state.
-    state.index("example", len(texts), context=(str(loaded.corpus), split))
+    index = state.index("example", len(texts), context=(str(loaded.corpus), split))
     st.selectbox("Example", range(len(texts)), key="example", persist_state="session",
                  format_func=lambda i: f"{i}: {texts[i].get('caption', texts[i].get('text_id', ''))}"[:90])
-    chosen = texts[state.as_index(st.session_state.get("example")) or 0]
+    chosen = texts[index]
     # The select box shows the start of a long caption; the whole of it follows here.
     st.caption(f"“{chosen.get('caption', chosen.get('text_id', ''))}”")
     checkpoint = f" · checkpoint {loaded.checkpoint}" if loaded.checkpoint else ""

@@ -32,8 +32,9 @@ cols[1].metric("L1 to the IPOT plan", ui.number(np.abs(plan - ipot["plan"]).sum(
 cols[2].metric("Cost difference to IPOT", ui.number(chosen["distance"] - ipot["distance"], signed=True))
 cols[3].metric("Entropic ε", "none" if solver == "POT EMD" else f"{epsilon:.3g}",
                help="IPOT approaches entropic OT with ε = β / iterations; Sinkhorn is run with that ε")
+spread = float(cost.max() - cost.min())
 st.caption(f"Costs 1 − cos(word-piece, region) of this example run from {cost.min():.3g} to {cost.max():.3g} "
-           f"(spread {cost.max() - cost.min():.3g}).")
+           f"(spread {spread:.3g}).")
 if solver == "IPOT":
     st.caption(f"IPOT settings of the model: β = {config.ot_beta:g}, {config.ot_iteration} iterations (inner "
                f"k = {config.ot_k}); after t iterations IPOT's plan is close to entropic OT with ε = β / t = "
@@ -43,7 +44,6 @@ elif solver == "POT Sinkhorn":
                f"{epsilon:.3g}, the regularisation IPOT approaches.")
 else:
     st.caption("Exact EMD: no regularisation; its plan is a vertex of the transport polytope (few non-zero cells).")
-spread = float(cost.max() - cost.min())
 if solver != "POT EMD" and spread < 10 * epsilon:
     st.info(f"The costs of this example span only {spread:.3g}, under 10 × ε = {10 * epsilon:.3g}: at this ε the "
             f"entropic term dominates, so the plan stays close to uniform (every cell near 1/(T·K)) while exact "
