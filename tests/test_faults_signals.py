@@ -244,3 +244,23 @@ def test_a_signal_that_lands_in_a_finalizer_still_interrupts(capsys):
     assert run_command(command) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and "Exception ignored" not in err and "interrupted (SIGINT)" in err
+
+
+def test_an_interrupt_does_not_print_the_finalizers_it_broke(tmp_path):
+    """An object the signal caught half-built fails in its __del__ at exit (imageio's image plugins did, during
+    the corpus build); the command still says one line and no traceback."""
+    script = tmp_path / "half_built.py"
+    script.write_text(
+        "from uniter_core.cli import exit_with, run_command\n"
+        "class HalfBuilt:\n"
+        "    def __init__(self):\n"
+        "        raise KeyboardInterrupt  # the signal arrives before the attributes are set\n"
+        "    def __del__(self):\n"
+        "        self.missing\n"
+        "def work():\n"
+        "    HalfBuilt()\n"
+        "exit_with(run_command(work))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("interrupted")

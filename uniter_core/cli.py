@@ -118,11 +118,21 @@ def run_command(function: Callable, *args, **kwargs) -> int:
         with signals_raise():
             result = function(*args, **kwargs)
         code = 0 if result is None else int(result)
-    except (UserError, OSError, Interrupted, KeyboardInterrupt) as error:
+    except (Interrupted, KeyboardInterrupt) as error:
+        _quiet_finalizers()
+        code = report(error)
+    except (UserError, OSError) as error:
         code = report(error)
     finally:
         pipe_closed = _flush_stdout()
     return code or 1 if pipe_closed else code
+
+
+def _quiet_finalizers() -> None:
+    """After an interrupt, objects the signal caught half-built (imageio's image plugins, for one) fail in
+    their __del__ when collected; Python prints such failures as "Exception ignored ... Traceback". They are
+    an effect of the interrupt the command reports in its one line, so they are not printed."""
+    sys.unraisablehook = lambda unraisable: None
 
 
 def _flush_stdout() -> bool:
