@@ -12,6 +12,11 @@ example's regions follow its own text directly.
 
 Hook points (`HookPoint`, parameter-free) sit on the embeddings, on every layer's attention output, layer
 output and (eager path) attention pattern; `run_with_cache` collects them by name.
+
+Head gates (`head_mask`, Michel et al. 2019's xi_h): a [layers, heads] or per-example [B, layers, heads] tensor
+that multiplies each head's output before the output projection. 0 removes a head, 1 leaves the model as it is,
+and a gate that requires grad gives d(loss)/d(xi_h), the gradient importance of the head. `encode_from` runs the
+layers from one layer on, so a sweep that ablates heads of layer l reuses the states below it.
 """
 from __future__ import annotations
 
@@ -190,7 +195,8 @@ class UniterSelfAttention(BertSelfAttention):
         self.hook_pattern = HookPoint()
 
     def forward(self, hidden_states, attention_mask, output_attentions: bool = False,
-                packed: PackedTokens | None = None):
+                packed: PackedTokens | None = None, head_gate: torch.Tensor | None = None):
+        """head_gate: [heads] or [B, heads] multipliers of the heads' outputs (padded path only)."""
         q, k, v = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
         if packed is not None and packed.offsets is not None:
             return self._varlen_attention(q, k, v, packed), None
@@ -208,6 +214,9 @@ class UniterSelfAttention(BertSelfAttention):
             probs = None
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling,
                                                      dropout_p=self.dropout.p if self.training else 0.0)
+        if head_gate is not None:
+            gate = head_gate.to(context.dtype)
+            context = context * (gate.view(1, -1, 1, 1) if gate.dim() == 1 else gate.view(b, -1, 1, 1))
         context = context.transpose(1, 2).reshape(b, n, self.all_head_size)
         return (packed.unpad(context) if packed is not None else context), probs
 
@@ -233,8 +242,8 @@ class UniterAttention(nn.Module):
         self.self = UniterSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden_states, attention_mask, output_attentions: bool = False, packed=None):
-        context, probs = self.self(hidden_states, attention_mask, output_attentions, packed)
+    def forward(self, hidden_states, attention_mask, output_attentions: bool = False, packed=None, head_gate=None):
+        context, probs = self.self(hidden_states, attention_mask, output_attentions, packed, head_gate)
         return self.output(context, hidden_states), probs
 
 
@@ -249,8 +258,9 @@ class UniterLayer(nn.Module):
         self.hook_attn_out = HookPoint()
         self.hook_out = HookPoint()
 
-    def forward(self, hidden_states, attention_mask, output_attentions: bool = False, packed=None):
-        attention_output, probs = self.attention(hidden_states, attention_mask, output_attentions, packed)
+    def forward(self, hidden_states, attention_mask, output_attentions: bool = False, packed=None, head_gate=None):
+        attention_output, probs = self.attention(hidden_states, attention_mask, output_attentions, packed,
+                                                 head_gate)
         attention_output = self.hook_attn_out(attention_output)
         layer_output = self.output(self.intermediate(attention_output), attention_output)
         return self.hook_out(layer_output), probs
@@ -262,12 +272,14 @@ class UniterEncoder(nn.Module):
         self.layer = nn.ModuleList([UniterLayer(config) for _ in range(config.num_hidden_layers)])
 
     def forward(self, hidden_states, attention_mask, output_attentions=False, output_hidden_states=False,
-                packed: PackedTokens | None = None):
-        """With `packed`, hidden_states are [n_real, hidden] rows (see PackedTokens) and stay so."""
+                packed: PackedTokens | None = None, head_mask: torch.Tensor | None = None, start: int = 0):
+        """With `packed`, hidden_states are [n_real, hidden] rows (see PackedTokens) and stay so. `head_mask`:
+        [layers, heads] or [B, layers, heads] gates; `start`: hidden_states are the input of that layer."""
         all_hidden = [hidden_states] if output_hidden_states else None
         all_attn = [] if output_attentions else None
-        for layer in self.layer:
-            hidden_states, probs = layer(hidden_states, attention_mask, output_attentions, packed)
+        for index in range(start, len(self.layer)):
+            gate = None if head_mask is None else head_mask[..., index, :]
+            hidden_states, probs = self.layer[index](hidden_states, attention_mask, output_attentions, packed, gate)
             if output_hidden_states:
                 all_hidden.append(hidden_states)
             if output_attentions:
@@ -347,19 +359,20 @@ class UniterModel(UniterPreTrainedModel):
 
     def forward(self, input_ids, position_ids, img_feat, img_pos_feat, attention_mask, gather_index=None,
                 img_masks=None, txt_type_ids=None, img_type_ids=None, output_attentions: bool = False,
-                output_hidden_states: bool = False, txt_lens=None, num_bbs=None) -> UniterOutput:
+                output_hidden_states: bool = False, txt_lens=None, num_bbs=None,
+                head_mask: torch.Tensor | None = None) -> UniterOutput:
         """Arguments in the official order. `output_attentions` switches every layer to eager attention and
-        adds the layout; txt_lens / num_bbs (the collate's lists) spare deriving the layout from the masks."""
-        dtype = self.embeddings.word_embeddings.weight.dtype
-        extended_mask = (1.0 - attention_mask[:, None, None, :].to(dtype)) * MASK_VALUE
+        adds the layout; txt_lens / num_bbs (the collate's lists) spare deriving the layout from the masks.
+        `head_mask`: head gates (module docstring)."""
+        extended_mask = self.extended_mask(attention_mask)
         embeddings = self.hook_embeddings(self.embed(input_ids, position_ids, img_feat, img_pos_feat,
                                                      gather_index, img_masks, txt_type_ids, img_type_ids))
         packed = None
-        if self.unpad_tokens and not (output_attentions or output_hidden_states):
+        if self.unpad_tokens and not (output_attentions or output_hidden_states or head_mask is not None):
             packed = PackedTokens.from_mask(attention_mask, with_offsets=self.varlen_attention)
             embeddings = packed.unpad(embeddings)
         hidden, all_hidden, all_attn = self.encoder(embeddings, extended_mask, output_attentions,
-                                                    output_hidden_states, packed)
+                                                    output_hidden_states, packed, head_mask)
         if packed is not None:
             hidden = packed.pad(hidden)
         layout = None
@@ -370,6 +383,19 @@ class UniterModel(UniterPreTrainedModel):
             layout = SequenceLayout.from_inputs(attention_mask, gather_index, max_txt_len, txt_lens, num_bbs)
         return UniterOutput(hidden, tuple(all_hidden) if all_hidden else None,
                             tuple(all_attn) if all_attn else None, layout)
+
+    def extended_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The additive [B, 1, 1, L] attention mask of a [B, L] 0/1 mask (official: (1 - mask) * -10000)."""
+        dtype = self.embeddings.word_embeddings.weight.dtype
+        return (1.0 - attention_mask[:, None, None, :].to(dtype)) * MASK_VALUE
+
+    def encode_from(self, layer: int, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
+                    head_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The final states [B, L, hidden] from `hidden_states`, the input of encoder layer `layer` (the
+        embeddings for 0, else hidden_states[layer] of output_hidden_states), through that layer and the rest:
+        what forward() gives when the layers below are unchanged."""
+        return self.encoder(hidden_states, self.extended_mask(attention_mask), head_mask=head_mask,
+                            start=layer)[0]
 
     def forward_batch(self, batch: dict, **kwargs) -> UniterOutput:
         """forward() on a collated batch dict (official keys); applies batch['img_masks'] when present.

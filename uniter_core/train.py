@@ -36,7 +36,7 @@ from uniter_core.train_config import ConfigError, TrainConfig, load_config, wra_
 from uniter_core.evaluate import evaluate_model, write_results
 from uniter_core.runs import apply_speed_settings, build_model, load_finite_model, model_config, to_device
 from uniter_core.train_state import (CheckpointError, CheckpointManager, lock_run_folder, newest_loadable,
-                                     prepare_run_folder, truncate_metrics)
+                                     prepare_run_folder, save_snapshot, snapshot_due, truncate_metrics)
 
 
 def check_data(config: TrainConfig, uniter_config: UniterConfig, where: str) -> ImageTextDataset:
@@ -159,6 +159,8 @@ class Trainer:
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             write_json(out / "train_config.json", config.to_dict())
+            if latest is None:
+                self.keep_snapshot()  # step 0: the initialisation
 
     def _newest_checkpoint(self):
         """(folder, training state, model) of the newest checkpoint that loads, skipping damaged ones (said on
@@ -274,6 +276,16 @@ class Trainer:
         if self.world_size > 1:
             dist.barrier()
 
+    def keep_snapshot(self) -> None:
+        """The weights alone at this step, when run.keep_every / run.keep_steps ask for it (rank 0)."""
+        run = self.config.run
+        if self.rank == 0 and snapshot_due(self.step, run.keep_every, run.keep_steps):
+            try:
+                save_snapshot(self.out, self.step, self.model)
+            except OSError as error:
+                raise EnvironmentFailure(f"snapshot step_{self.step:08d} not written ({describe_os_error(error)})"
+                                         f"; {self.resume_hint()}") from None
+
     def log(self, records: list[dict]) -> None:
         if self.rank == 0 and records:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -323,6 +335,7 @@ class Trainer:
             if self.step % run.log_every == 0 or self.step == run.num_steps:
                 self.log(pending)
                 pending.clear()
+            self.keep_snapshot()
             if run.eval_every and self.step % run.eval_every == 0 and self.step < run.num_steps:
                 self.evaluate(self.config.data.val_split)
             if self.step % run.save_every == 0 or self.step == run.num_steps:

@@ -95,6 +95,11 @@ class RunSection:
     eval_every: int = 0  # 0: only at the end
     save_every: int = 1000
     keep_last: int = 3
+    # Snapshots of the weights alone (RUN/snapshots/step_N/), never pruned, for the training dynamics
+    # (analyses.dynamics): every keep_every steps (0: none) and at the steps of keep_steps; step 0 is the
+    # initialisation. They do not change the training.
+    keep_every: int = 0
+    keep_steps: tuple = ()
     device: str = "auto"  # auto | cpu | cuda
     bf16: bool = True  # bf16 autocast, used on CUDA only
     unpad: bool = True  # position-wise layers on real tokens only (UniterModel.unpad_tokens); same results
@@ -251,6 +256,12 @@ def validate(config: TrainConfig, where: str) -> None:
     if not math.isfinite(config.tasks.itm_ot_lambda) or config.tasks.itm_ot_lambda < 0:
         raise ConfigError(f"{where}: tasks.itm_ot_lambda must be >= 0, got {config.tasks.itm_ot_lambda}")
     config.tasks.itm_ot_schedule = _checked_schedule(config.tasks.itm_ot_schedule, where)
+    if config.run.keep_every < 0:
+        raise ConfigError(f"{where}: run.keep_every must be >= 0 (0: no snapshots by interval)")
+    steps = config.run.keep_steps
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s for s in steps):
+        raise ConfigError(f"{where}: run.keep_steps must be a list of whole steps >= 0, got {list(steps)}")
+    config.run.keep_steps = tuple(sorted(set(steps)))
     for key in ("corpus", "train_split", "val_split", "test_split"):
         if not getattr(config.data, key):
             raise ConfigError(f"{where}: data.{key} must not be empty")

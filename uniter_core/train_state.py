@@ -214,6 +214,41 @@ def newest_loadable(run_dir: str | Path, load, need_state: bool = False, warn=No
 # ------------------------------------------------------------------------------------------ the run folder
 # What a training run writes beside its checkpoints, and how a fresh run, --resume and --force treat it.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "train_config.json")  # what a run writes (and --force replaces)
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_due(step: int, keep_every: int, keep_steps) -> bool:
+    """Whether training keeps a snapshot of the weights at `step` (run.keep_every, run.keep_steps)."""
+    return step in keep_steps or (keep_every > 0 and step % keep_every == 0)
+
+
+def save_snapshot(run_dir: str | Path, step: int, model) -> Path:
+    """RUN/snapshots/step_N/ (config.json + model.safetensors), written as a partial folder and renamed; an
+    earlier snapshot of the same step (a resumed run passing it again) is replaced by the same weights."""
+    folder = Path(run_dir) / SNAPSHOTS
+    folder.mkdir(parents=True, exist_ok=True)
+    final, work = folder / f"step_{step:08d}", folder / f".step_{step:08d}.partial"
+    try:
+        if work.exists():
+            shutil.rmtree(work)
+        model.save_pretrained(work)
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return final
+
+
+def snapshots(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every whole snapshot of a run, by step."""
+    folder = Path(run_dir) / SNAPSHOTS
+    if not folder.is_dir():
+        return []
+    found = [(step, p) for p in folder.iterdir() if (step := _step_of(p)) is not None
+             and (p / "config.json").is_file() and (p / "model.safetensors").is_file()]
+    return sorted(found)
 
 
 
@@ -284,6 +319,12 @@ def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
     if force and has_run:
         for path in checkpoints.steps():
             shutil.rmtree(path)
+        for _, path in snapshots(out):
+            shutil.rmtree(path)
+        for path in (out / SNAPSHOTS).glob(".step_*.partial"):
+            shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (out / SNAPSHOTS).rmdir()
         checkpoints.remove_partials()
         (out / "checkpoints" / "latest").unlink(missing_ok=True)
         with contextlib.suppress(OSError):
@@ -293,8 +334,8 @@ def prepare_run_folder(out: Path, resume: bool, force: bool) -> None:
         for path in out.glob("eval_*.json"):
             if own_evaluation(path):
                 path.unlink()
-        warn(f"--force: removed the earlier run in {out} (checkpoints {', '.join(existing) or 'none'}, metrics, "
-              f"config, evaluations)")
+        warn(f"--force: removed the earlier run in {out} (checkpoints {', '.join(existing) or 'none'}, snapshots, "
+              f"metrics, config, evaluations)")
     elif has_run and not resume:
         held = f"checkpoints {', '.join(existing)}" if existing else "a run without checkpoints"
         raise UserError(f"--out {out} already holds {held}; add --resume to continue it or --force to start "

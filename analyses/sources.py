@@ -1,0 +1,94 @@
+"""Where an analysis's model comes from: a run folder or an official checkpoint with a corpus, one way for every
+command (the arguments, the checks, and the `source` record its output keeps).
+
+    parser = argparse.ArgumentParser(); add_source_arguments(parser)
+    args = parser.parse_args(); check_source_arguments(parser, args)
+    loaded, source = open_source(run=args.run, checkpoint=args.checkpoint, corpus=args.corpus, preset=args.preset)
+    dataset = open_split(loaded, args.corpus or loaded.corpus, "test")
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from analyses.errors import as_input_error
+from uniter_core.data.dataset import ImageTextDataset
+from uniter_core.errors import UserError
+from uniter_core.runs import Run, load_official_checkpoint, load_run
+
+DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, split: str = "test") -> None:
+    """--run | --checkpoint (with --corpus, --preset), --split and --device."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="run folder written by uniter_core.train")
+    src.add_argument("--checkpoint", type=Path, help="official UNITER .pt checkpoint (needs --corpus)")
+    parser.add_argument("--corpus", type=Path, help="corpus folder (default: the run's data.corpus)")
+    parser.add_argument("--preset", default="uniter-base", help="model preset of --checkpoint")
+    parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE", type=preset_override,
+                        help="a preset field of --checkpoint, e.g. num_hidden_layers=3 (repeatable)")
+    parser.add_argument("--split", default=split)
+    parser.add_argument("--device", default=DEFAULT_DEVICE)
+
+
+def preset_override(text: str) -> tuple[str, object]:
+    """argparse type of --override: FIELD=VALUE, the value read as JSON (3, 0.1, true) or else as text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE")
+    try:
+        return name.strip(), json.loads(value)
+    except ValueError:
+        return name.strip(), value
+
+
+def check_source_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks that need no file read: --checkpoint with --corpus, a device that exists."""
+    if args.checkpoint and not args.corpus:
+        parser.error("--checkpoint needs --corpus")
+    if args.override and not args.checkpoint:
+        parser.error("--override applies to --checkpoint only (a run folder has its own config)")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, ...)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no GPU is available")
+
+
+def open_source(*, run: Path | None = None, checkpoint: Path | None = None, corpus: Path | None = None,
+                preset: str = "uniter-base", overrides=(), warn=None) -> tuple[Run, dict]:
+    """(the Run, its `source` record: run folder and checkpoint name, or checkpoint file, preset and
+    overrides: (field, value) pairs of the preset)."""
+    if run:
+        loaded = load_run(run, warn=warn)
+        return loaded, {"run": str(run), "checkpoint": loaded.checkpoint.name}
+    if checkpoint is None or corpus is None:
+        raise UserError("give --run, or --checkpoint with --corpus")
+    overrides = dict(overrides)
+    source = {"checkpoint": str(checkpoint), "preset": preset, **({"overrides": overrides} if overrides else {})}
+    return load_official_checkpoint(checkpoint, corpus, preset, **overrides), source
+
+
+def split_file(corpus: Path, split: str) -> Path:
+    """The split's caption file; UserError listing the corpus's splits when it has no such split."""
+    path = Path(corpus) / "txt_db" / f"{split}.jsonl"
+    if not path.exists():
+        known = sorted(p.stem for p in (Path(corpus) / "txt_db").glob("*.jsonl"))
+        raise UserError(f"--split {split}: {path} does not exist (splits: {', '.join(known) or 'none'})")
+    return path
+
+
+def open_split(loaded: Run, corpus: Path, split: str) -> ImageTextDataset:
+    """The split of `corpus` with the run's text and region limits, checked against the model."""
+    split_file(corpus, split)
+    with as_input_error():
+        dataset = ImageTextDataset(corpus, split, loaded.max_text_len, loaded.max_regions)
+        dataset.check_fits(loaded.model.config)
+    if not len(dataset):
+        raise UserError(f"--split {split}: {dataset.text_file} holds no captions; choose another --split")
+    return dataset
