@@ -210,3 +210,99 @@ def write_relevance(tables: dict[str, pd.DataFrame], folder: Path) -> None:
     with plt.rc_context(STYLE):
         save(perturbation_figure(tables["curves"], tables["auc"]), folder, "perturbation_curves")
         save(pointing_figure(tables["pointing"]), folder, "pointing_game")
+
+
+RUN_STYLES = ("-", "--", ":", "-.")
+LAYER_COLORS = ("#0077BB", "#EE7733", "#009988", "#CC3311", "#33BBEE", "#EE3377", "#BBBBBB", "#000000")
+
+
+def _runs(table: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(table["run"]))
+
+
+def metrics_over_steps_figure(steps: pd.DataFrame, metrics=("r1", "margin", "mlm_accuracy", "wra_alignment")):
+    """Each probe metric against the training step, one line per run."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 2.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for style, run in zip(RUN_STYLES, _runs(steps)):
+            data = steps[steps["run"] == run].sort_values("step")
+            ax.plot(data["step"], data[metric], style, marker="o", markersize=2.5, color="black", label=run)
+        ax.set_xlabel("step")
+        ax.set_title(METRIC_NAMES[metric], fontsize=8)
+    axes[0, 0].legend(frameon=False, fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def patterns_over_steps_figure(layers: pd.DataFrame):
+    """Pattern fractions of every layer against the step: one row of panels per run, one panel per layer."""
+    runs, layer_numbers = _runs(layers), sorted(layers["layer"].unique())
+    fig, axes = plt.subplots(len(runs), len(layer_numbers), figsize=(2.3 * len(layer_numbers) + 1.6,
+                                                                      1.9 * len(runs) + 0.4), squeeze=False,
+                             sharex=True, sharey=True)
+    for i, run in enumerate(runs):
+        for j, layer in enumerate(layer_numbers):
+            ax = axes[i, j]
+            data = layers[(layers["run"] == run) & (layers["layer"] == layer)].sort_values("step")
+            ax.stackplot(data["step"], *[data[f"frac_{c}"] for c in PATTERNS], colors=[COLORS[c] for c in PATTERNS],
+                         labels=[c.replace("_", " ") for c in PATTERNS])
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{run}, layer {layer}", fontsize=7)
+            if i == len(runs) - 1:
+                ax.set_xlabel("step")
+    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=6)
+    fig.suptitle("Attention patterns during training (share of maps)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def grounding_over_steps_figure(steps: pd.DataFrame, layers: pd.DataFrame):
+    """The best head's word -> region hit rate (with chance), the share of cross-modal heads, and each layer's
+    attention pointing game against the step."""
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.5))
+    for style, run in zip(RUN_STYLES, _runs(steps)):
+        data = steps[steps["run"] == run].sort_values("step")
+        axes[0].plot(data["step"], data["best_word_to_region"], style, color="black", marker="o", markersize=2.5,
+                     label=run)
+        axes[0].plot(data["step"], data["word_to_region_chance"], style, color="grey", linewidth=0.7)
+        axes[1].plot(data["step"], data["cross_modal_heads"], style, color="black", marker="o", markersize=2.5)
+        per_layer = layers[layers["run"] == run]
+        for layer, color in zip(sorted(per_layer["layer"].unique()), LAYER_COLORS):
+            line = per_layer[per_layer["layer"] == layer].sort_values("step")
+            axes[2].plot(line["step"], line["attention_covering"], style, color=color, marker="o", markersize=2,
+                         label=f"layer {layer}" if style == "-" else None)
+    axes[0].set_title("best head, word → region (grey: chance)", fontsize=7)
+    axes[1].set_title("share of heads with cross-modal attention > 0.5", fontsize=7)
+    axes[2].set_title("pointing game per layer (heads averaged)", fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[0].legend(frameon=False, fontsize=6)
+    axes[2].legend(frameon=False, fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def importance_over_steps_figure(heads: pd.DataFrame, metrics=("margin", "mlm_loss", "wra_alignment")):
+    """Per layer, the summed ablation effect of its heads on each metric against the step."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(2.8 * len(metrics), 2.5), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for style, run in zip(RUN_STYLES, _runs(heads)):
+            data = heads[heads["run"] == run].groupby(["layer", "step"])[f"effect_{metric}"].sum().reset_index()
+            for layer, color in zip(sorted(data["layer"].unique()), LAYER_COLORS):
+                line = data[data["layer"] == layer]
+                ax.plot(line["step"], line[f"effect_{metric}"], style, color=color, marker="o", markersize=2,
+                        label=f"{run}, layer {layer}")
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_xlabel("step")
+        ax.set_title(f"summed effect on {METRIC_NAMES[metric]}", fontsize=7)
+    axes[0, 0].legend(frameon=False, fontsize=5)
+    fig.tight_layout()
+    return fig
+
+
+def write_dynamics(tables: dict[str, pd.DataFrame], folder: Path) -> None:
+    with plt.rc_context(STYLE):
+        save(metrics_over_steps_figure(tables["steps"]), folder, "metrics_over_steps")
+        save(patterns_over_steps_figure(tables["layers"]), folder, "patterns_over_steps")
+        save(grounding_over_steps_figure(tables["steps"], tables["layers"]), folder, "grounding_over_steps")
+        save(importance_over_steps_figure(tables["heads"]), folder, "importance_over_steps")

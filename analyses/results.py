@@ -61,14 +61,16 @@ def table_entries(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def write_results(folder: OutputFolder, tables: dict[str, pd.DataFrame], columns: dict[str, dict[str, str]],
-                  summary: dict, draw: Callable[[Path], None], may_be_nan=None) -> Path:
+                  summary: dict, draw: Callable[[Path], None], may_be_nan=None, started: bool = False) -> Path:
     """Check the tables, then write them, the figures (`draw(figures_folder)`) and summary.json (with the
-    columns' meanings: {table: {column: description}}) into OUT.partial and move it into place."""
+    columns' meanings: {table: {column: description}}) into OUT.partial and move it into place. `started`: the
+    caller has opened OUT.partial already (a resumable job that keeps its pieces there)."""
     check_tables(tables, folder.out, may_be_nan)
     missing = [(t, c) for t, table in tables.items() for c in table.columns if c not in columns.get(t, {})]
     if missing:
         raise AssertionError(f"undocumented column {missing[0][1]} of table {missing[0][0]}")
-    folder.start({"summary": summary.get("settings", {}), "source": summary.get("source", {})})
+    if not started:
+        folder.start({"summary": summary.get("settings", {}), "source": summary.get("source", {})})
     with folder.building() as work:
         for name, table in tables.items():
             write_table(table, work, name)

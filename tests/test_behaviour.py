@@ -352,3 +352,38 @@ def test_snapshots_leave_the_training_as_it_is_and_force_removes_them(trained_ru
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert train.main(["--out", str(out), *overrides, "--force"]) == 0
     assert snapshots(out) == []
+
+
+def test_dynamics_measures_every_kept_step_compares_runs_and_resumes(trained_run, tiny_corpus, model_path, tmp_path,
+                                                                      capsys, monkeypatch):
+    from analyses import dynamics
+    kept = tmp_path / "kept"
+    overrides = tiny_overrides(tiny_corpus, steps=4, save_every=2, keep_last=2)
+    assert train.main(["--out", str(kept), *overrides, "run.keep_steps=[0, 2]"]) == 0
+    argv = ["--run", kept, "--compare", trained_run, "--out", tmp_path / "d", "--queries", 3, "--candidates", 2,
+            "--grounding-examples", 3, "--model", model_path, "--no-progress"]
+    real, calls = dynamics.measure_step, []
+
+    def interrupted_after_two(*args, **kwargs):
+        calls.append(args[-1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dynamics, "measure_step", interrupted_after_two)
+    code, captured = _run(dynamics, argv, capsys)
+    assert code == 130 and "resume" in captured.err and "Traceback" not in captured.err
+    monkeypatch.setattr(dynamics, "measure_step", lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
+    code, captured = _run(dynamics, argv, capsys)
+    assert code == 0, captured.err
+    assert calls == [0, 2, 4, 4, 4]  # kept: 0, 2, 4 (newest checkpoint); the compared run: its step 4
+    summary = _check_schema(tmp_path / "d", dynamics.TABLES, ("metrics_over_steps", "patterns_over_steps",
+                                                              "grounding_over_steps", "importance_over_steps"))
+    steps = pd.read_csv(tmp_path / "d" / "steps.csv")
+    assert list(zip(steps["run"], steps["step"])) == [("kept", 0), ("kept", 2), ("kept", 4), ("run", 4)]
+    assert summary["steps"] == {"kept": [0, 2, 4], "run": [4]}
+    final_kept, final_other = steps.iloc[2], steps.iloc[3]  # the same training, with and without snapshots
+    assert final_kept["margin"] == pytest.approx(final_other["margin"])
+    layers = pd.read_csv(tmp_path / "d" / "layers.csv")
+    assert len(layers) == 4 * 2 and np.allclose(layers[[f"frac_{c}" for c in PATTERNS]].sum(axis=1), 1)
+    assert not (tmp_path / "d" / "steps").exists()
