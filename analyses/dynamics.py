@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from analyses import behaviour_figures
 from analyses.export_stats import aggregate, per_map_table
@@ -37,7 +36,7 @@ from analyses.grounding import layer_table
 from analyses.head_importance import ablation_table, gradient_importance
 from analyses.patterns import PATTERNS
 from analyses.probe import METRIC_NAMES, METRICS, build_probe, probe_metrics, probe_states
-from analyses.results import read_results, results_folder, table_entries, write_results
+from analyses.results import Progress, read_results, results_folder, table_entries, write_results
 from analyses.sources import open_split
 from analyses.train_classifier import load_classifier
 from uniter_core.cli import exit_with, output_path, run_command, warn
@@ -132,7 +131,7 @@ COLUMNS = {
 
 def dynamics(*, out: Path, run: Path, compare: Path | None = None, split: str = "test", queries: int = 50,
              candidates: int = 10, grounding_examples: int = 150, classifier: Path | None = None,
-             device: str = "cpu", progress: bool = True, force: bool = True, warn=None) -> dict:
+             device: str = "cpu", progress=True, force: bool = True, warn=None) -> dict:
     """Measure every kept step of `run` (and of `compare`) and write the module docstring's outputs."""
     folder = results_folder(out, COMMAND, table_entries(TABLES), force=force)
     folder.check()
@@ -157,7 +156,9 @@ def dynamics(*, out: Path, run: Path, compare: Path | None = None, split: str = 
     parts = work / "steps"
     with folder.building():
         parts.mkdir(exist_ok=True)
-        for r, step, snapshot in tqdm(plan, desc="kept steps", unit="step", disable=not progress):
+        report = Progress(progress)
+        for done, (r, step, snapshot) in enumerate(plan):
+            report("kept steps", done, len(plan))
             piece = parts / f"{run_label(r)}-{step:08d}"
             if (piece / "done").exists():
                 continue
@@ -168,6 +169,7 @@ def dynamics(*, out: Path, run: Path, compare: Path | None = None, split: str = 
             for name, table in measured.items():
                 table.to_parquet(piece / f"{name}.parquet", index=False)
             (piece / "done").write_text("")
+        report("kept steps", len(plan), len(plan))
     tables = {name: pd.concat([pd.read_parquet(parts / f"{run_label(r)}-{s:08d}" / f"{name}.parquet")
                                for r, s, _ in plan], ignore_index=True) for name in TABLES}
     shutil.rmtree(parts)  # the pieces are in the tables now

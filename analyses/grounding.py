@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from analyses import behaviour_figures
 from analyses.head_importance import dominant_patterns
-from analyses.results import read_results, results_folder, table_entries, write_results
+from analyses.results import Progress, read_results, results_folder, table_entries, write_results
 from analyses.sources import add_source_arguments, check_source_arguments, open_source, open_split
 from analyses.train_classifier import load_classifier
 from analyses.patterns import PATTERNS
@@ -123,28 +122,28 @@ def named_regions(item: dict, owners: list[int] | None, n_regions: int) -> list[
 
 
 @torch.inference_mode()
-def measure(model, dataset, indices: list[int], batch_size: int = 32, progress: bool = False
-            ) -> tuple[HeadTally, Tally]:
-    """(per-head tally, uniter_core.grounding's per-layer tally) over the dataset items `indices`."""
+def measure(model, dataset, indices: list[int], batch_size: int = 32, progress=False) -> tuple[HeadTally, Tally]:
+    """(per-head tally, uniter_core.grounding's per-layer tally) over the dataset items `indices` (`progress`:
+    as analyses.results.Progress)."""
     config = model.config
     heads = HeadTally(config.num_hidden_layers, config.num_attention_heads)
     layers = Tally()
-    with tqdm(total=len(indices), desc="grounding", unit="ex", disable=not progress) as bar:
-        for start in range(0, len(indices), batch_size):
-            items = [dataset[i] for i in indices[start:start + batch_size]]
-            batch = to_device(collate(items), model.device)
-            output = model.uniter.forward_batch(batch, output_hidden_states=True, output_attentions=True)
-            owners = [region_owners(dataset, item["image_id"], n) for item, n in zip(items, batch["num_bbs"])]
-            stacked = torch.stack(output.attentions, 1).float().cpu()  # [B, layers, heads, L, L]
-            for k, item in enumerate(items):
-                n_text, n_regions = batch["txt_lens"][k], batch["num_bbs"][k]
-                n = n_text + n_regions
-                heads.add_example(stacked[k, :, :, :n, :n], n_text, n_regions, item, owners[k])
-            truths = [truth_sets(item, o, n) for item, o, n in zip(items, owners, batch["num_bbs"])]
-            for layer, hidden in enumerate(output.hidden_states):
-                attention = output.attentions[layer - 1].float().mean(1) if layer else None
-                add_layer(layers, layer, hidden, attention, batch, truths, config)
-            bar.update(len(items))
+    report = Progress(progress)
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        batch = to_device(collate(items), model.device)
+        output = model.uniter.forward_batch(batch, output_hidden_states=True, output_attentions=True)
+        owners = [region_owners(dataset, item["image_id"], n) for item, n in zip(items, batch["num_bbs"])]
+        stacked = torch.stack(output.attentions, 1).float().cpu()  # [B, layers, heads, L, L]
+        for k, item in enumerate(items):
+            n_text, n_regions = batch["txt_lens"][k], batch["num_bbs"][k]
+            n = n_text + n_regions
+            heads.add_example(stacked[k, :, :, :n, :n], n_text, n_regions, item, owners[k])
+        truths = [truth_sets(item, o, n) for item, o, n in zip(items, owners, batch["num_bbs"])]
+        for layer, hidden in enumerate(output.hidden_states):
+            attention = output.attentions[layer - 1].float().mean(1) if layer else None
+            add_layer(layers, layer, hidden, attention, batch, truths, config)
+        report("grounding", min(start + batch_size, len(indices)), len(indices))
     return heads, layers
 
 
@@ -190,7 +189,7 @@ COLUMNS = {
 
 def grounding(*, out: Path, run: Path | None = None, checkpoint: Path | None = None, corpus: Path | None = None,
               preset: str = "uniter-base", overrides=(), split: str = "test", max_examples: int | None = None,
-              batch_size: int = 32, classifier: Path | None = None, device: str = "cpu", progress: bool = True,
+              batch_size: int = 32, classifier: Path | None = None, device: str = "cpu", progress=True,
               force: bool = True, warn=None) -> dict:
     """Measure and write everything of the module docstring into `out`; returns the summary."""
     folder = results_folder(out, COMMAND, table_entries(TABLES), force=force)

@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
-from tqdm.auto import tqdm
 
 from analyses import behaviour_figures
 from analyses.attention import iter_example_attention
@@ -39,7 +38,7 @@ from analyses.export_stats import aggregate, per_map_table
 from analyses.patterns import PATTERNS
 from analyses.probe import (GRADIENT_LOSSES, METRIC_NAMES, METRICS, Probe, build_probe, candidate_logits,
                             match_logits, mlm_scores, probe_metrics, probe_states, retrieval_weights)
-from analyses.results import read_results, results_folder, table_entries, write_results
+from analyses.results import Progress, read_results, results_folder, table_entries, write_results
 from analyses.sources import add_source_arguments, check_source_arguments, open_source, open_split
 from analyses.train_classifier import load_classifier
 from uniter_core.cli import exit_with, output_path, run_command, warn
@@ -240,9 +239,10 @@ def bare_forward_seconds(model, probe: Probe) -> float:
 def head_importance(*, out: Path, run: Path | None = None, checkpoint: Path | None = None,
                     corpus: Path | None = None, preset: str = "uniter-base", overrides=(), split: str = "test",
                     queries: int = 50, candidates: int = 10, random_orders: int = 3, batch_size: int = 128,
-                    classifier: Path | None = None, device: str = "cpu", progress: bool = True, force: bool = True,
+                    classifier: Path | None = None, device: str = "cpu", progress=True, force: bool = True,
                     warn=None) -> dict:
-    """Measure and write everything of the module docstring into `out`; returns the summary."""
+    """Measure and write everything of the module docstring into `out`; returns the summary. `progress`: tqdm
+    bars, a callback (what, done, total) or False (analyses.results.Progress)."""
     folder = results_folder(out, COMMAND, table_entries(TABLES), force=force)
     folder.check()
     loaded, source = open_source(run=run, checkpoint=checkpoint, corpus=corpus, preset=preset,
@@ -252,23 +252,14 @@ def head_importance(*, out: Path, run: Path | None = None, checkpoint: Path | No
     model = loaded.model.to(device).eval()
     patterns_from = load_classifier(classifier)
     probe = build_probe(dataset, model.config, queries, candidates, batch_size, device)
-    bars = {}
-
-    def bar(name: str, total_hint: str):
-        def update(done: int, total: int) -> None:
-            if progress:
-                if name not in bars:
-                    bars[name] = tqdm(total=total, desc=total_hint, unit="forward")
-                bars[name].n = done
-                bars[name].refresh()
-        return update
+    report = Progress(progress)
 
     torch.manual_seed(0)
     bare = min(bare_forward_seconds(model, probe) for _ in range(2))
     start = time.perf_counter()
     states = probe_states(model.uniter, probe)
     base = probe_metrics(model, probe, [s[-1] for s in states])
-    heads = ablation_table(model, probe, states, base, bar("ablation", "one head removed"))
+    heads = ablation_table(model, probe, states, base, lambda d, t: report("one head removed", d, t))
     ablation_seconds = time.perf_counter() - start
     start = time.perf_counter()
     grads = gradient_importance(model, probe)
@@ -279,10 +270,8 @@ def head_importance(*, out: Path, run: Path | None = None, checkpoint: Path | No
         heads, on=["layer", "head"])
     start = time.perf_counter()
     pruning = pruning_table(model, probe, states, pruning_orders(heads, random_orders),
-                            progress=bar("pruning", "pruning curves"))
+                            progress=lambda d, t: report("pruning curves", d, t))
     pruning_seconds = time.perf_counter() - start
-    for b in bars.values():
-        b.close()
     n_heads = len(heads)
     summary = {
         "source": {**source, "corpus": str(corpus), "split": split,

@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from analyses import behaviour_figures
 from analyses.probe import match_logits
-from analyses.results import read_results, results_folder, table_entries, write_results
+from analyses.results import Progress, read_results, results_folder, table_entries, write_results
 from analyses.sources import add_source_arguments, check_source_arguments, open_source, open_split
 from uniter_core.cli import exit_with, output_path, run_command, warn
 from uniter_core.data.dataset import collate
@@ -202,23 +201,24 @@ def pointing_hits(relevance: dict[str, torch.Tensor], batch: dict, items: list[d
 
 
 def evaluate_split(model, dataset, indices: list[int], batch_size: int = 16, seed: int = 0,
-                   progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(curves, auc, pointing) over the dataset items `indices` (module docstring)."""
+                   progress=False) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(curves, auc, pointing) over the dataset items `indices` (module docstring; `progress` as
+    analyses.results.Progress)."""
     generator = torch.Generator().manual_seed(seed)
     records, pointing = [], {}
-    with tqdm(total=len(indices), desc="relevance", unit="ex", disable=not progress) as bar:
-        for start in range(0, len(indices), batch_size):
-            chosen = indices[start:start + batch_size]
-            items = [dataset[i] for i in chosen]
-            batch = to_device(collate(items), model.device)
-            relevance, _ = relevance_matrices(model, batch)
-            layout = SequenceLayout.from_batch(batch)
-            variants = [v for k in range(len(items)) for v in variants_of(k, relevance, layout, generator)]
-            for v, p in zip(variants, match_probabilities(model, batch, variants)):
-                records.append((chosen[v.example], v.order, v.modality, v.direction, v.share, p))
-            owners = [region_owners(dataset, item["image_id"], n) for item, n in zip(items, batch["num_bbs"])]
-            pointing_hits(relevance, batch, items, owners, pointing)
-            bar.update(len(items))
+    report = Progress(progress)
+    for start in range(0, len(indices), batch_size):
+        chosen = indices[start:start + batch_size]
+        items = [dataset[i] for i in chosen]
+        batch = to_device(collate(items), model.device)
+        relevance, _ = relevance_matrices(model, batch)
+        layout = SequenceLayout.from_batch(batch)
+        variants = [v for k in range(len(items)) for v in variants_of(k, relevance, layout, generator)]
+        for v, p in zip(variants, match_probabilities(model, batch, variants)):
+            records.append((chosen[v.example], v.order, v.modality, v.direction, v.share, p))
+        owners = [region_owners(dataset, item["image_id"], n) for item, n in zip(items, batch["num_bbs"])]
+        pointing_hits(relevance, batch, items, owners, pointing)
+        report("relevance", min(start + batch_size, len(indices)), len(indices))
     frame = pd.DataFrame(records, columns=["example", "order", "modality", "direction", "share", "probability"])
     keys = ["order", "modality", "direction"]
     curves = frame.groupby(keys + ["share"], sort=False)["probability"].agg(["mean", "std", "count"]).reset_index()
@@ -253,7 +253,7 @@ COLUMNS = {
 
 def relevance(*, out: Path, run: Path | None = None, checkpoint: Path | None = None, corpus: Path | None = None,
               preset: str = "uniter-base", overrides=(), split: str = "test", max_examples: int | None = None,
-              batch_size: int = 16, seed: int = 0, device: str = "cpu", progress: bool = True, force: bool = True,
+              batch_size: int = 16, seed: int = 0, device: str = "cpu", progress=True, force: bool = True,
               warn=None) -> dict:
     """Evaluate the three methods on the split's true pairs and write the module docstring's outputs."""
     folder = results_folder(out, COMMAND, table_entries(TABLES), force=force)

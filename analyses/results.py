@@ -21,6 +21,27 @@ SUMMARY = "summary.json"
 TABLE_FORMATS = ("csv", "parquet", "json")
 
 
+class Progress:
+    """Progress of a long analysis: tqdm bars on the terminal (`progress=True`), a callback
+    `progress(what, done, total)` (the workbench's progress bar), or nothing (`False`)."""
+
+    def __init__(self, progress=True):
+        self.progress, self.bars = progress, {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if callable(self.progress):
+            self.progress(what, done, total)
+        elif self.progress:
+            from tqdm.auto import tqdm
+            bar = self.bars.get(what)
+            if bar is None:
+                bar = self.bars[what] = tqdm(total=total, desc=what)
+            bar.n = done
+            bar.refresh()
+            if done >= total:
+                bar.close()
+
+
 class ResultsError(UserError):
     """Results that must not replace an earlier output (an empty table, NaN where a number belongs)."""
 

@@ -191,7 +191,7 @@ def test_training_page_curves_evaluation_and_bad_logs(open_app, workbench_env, t
 
 
 @pytest.mark.parametrize("page", ["overview", "head_explorer", "image_view", "transport", "statistics",
-                                  "label_heads", "training"])
+                                  "label_heads", "training", "importance", "grounding", "relevance", "dynamics"])
 def test_missing_run_is_explained_on_every_page(open_app, tmp_path, page):
     at = open_app(page, WORKBENCH_RUN=tmp_path / "nothing")
     assert "No run at" in texts(at.info) and not at.error

@@ -33,6 +33,10 @@ PAGES = (
     Page("views/image_view.py", "Image view", ":material/image:", "image_view", "Image view"),
     Page("views/transport.py", "Optimal transport", ":material/swap_horiz:", "transport", "Optimal transport"),
     Page("views/statistics.py", "Statistics", ":material/table_chart:", "statistics", "Statistics"),
+    Page("views/importance.py", "Head importance", ":material/content_cut:", "importance", "Head importance"),
+    Page("views/grounding.py", "Grounding", ":material/my_location:", "grounding", "Grounding"),
+    Page("views/relevance.py", "Why this match", ":material/psychology_alt:", "relevance", "Why this match"),
+    Page("views/dynamics.py", "Training dynamics", ":material/timeline:", "dynamics", "Training dynamics"),
     Page("views/label_heads.py", "Label heads", ":material/label:", "label_heads", "Label heads"),
     Page("views/training.py", "Training", ":material/monitoring:", "training", "Training"),
 )

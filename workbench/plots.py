@@ -237,3 +237,55 @@ def lines(table: pd.DataFrame, x: str, y: str, group: str | None = None, title: 
     fig.update_layout(title=title, height=380, margin=MARGIN, xaxis_title=x, yaxis=yaxis, showlegend=bool(group),
                       legend=dict(orientation="h", x=0, y=-0.28, yanchor="top", font=dict(size=FONT + 1)))
     return fig
+
+
+def head_grid(heads: pd.DataFrame, column: str, title: str, hover: dict[str, str], diverging: bool = False,
+              scale_title: str = "", zmax: float | None = None) -> go.Figure:
+    """Layer x head grid of one per-head value with each head's dominant pattern letter; `diverging` centres a
+    red-blue scale on 0 (an effect), else it runs from 0 (a share or a ratio). Hover: the `hover` columns
+    ({column: label})."""
+    heads = heads.sort_values(["layer", "head"])
+    layers, numbers = sorted(heads["layer"].unique()), sorted(heads["head"].unique())
+    values = heads.pivot(index="layer", columns="head", values=column).loc[layers, numbers].to_numpy(float)
+    letters = heads.pivot(index="layer", columns="head", values="dominant_pattern").loc[layers, numbers]
+    text = [[f"{SHORT.get(p, '')}" for p in row] for row in letters.to_numpy()]
+    tips = np.empty(values.shape, dtype=object)
+    for row in heads.to_dict("records"):
+        parts = [f"{label}: {row[c]:.3f}" if isinstance(row[c], float) else f"{label}: {row[c]}"
+                 for c, label in hover.items()]
+        tips[layers.index(row["layer"]), numbers.index(row["head"])] = (
+            f"<b>layer {row['layer']}, head {row['head']}</b> · {str(row['dominant_pattern']).replace('_', ' ')}"
+            "<br>" + "<br>".join(parts))
+    finite = values[np.isfinite(values)]
+    largest = float(np.abs(finite).max()) if finite.size else 1.0
+    largest = zmax if zmax is not None else (largest or 1.0)
+    scale = dict(colorscale="RdBu", reversescale=True, zmid=0, zmin=-largest, zmax=largest) if diverging else \
+        dict(colorscale="Viridis", zmin=0, zmax=largest)
+    fig = go.Figure(go.Heatmap(z=values, x=numbers, y=layers, text=text, texttemplate="%{text}", customdata=tips,
+                               hovertemplate="%{customdata}<extra></extra>", xgap=2, ygap=2,
+                               textfont=dict(size=12 if len(numbers) <= 16 else FONT),
+                               colorbar=dict(title=dict(text=scale_title, side="right"), thickness=12), **scale))
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), margin=MARGIN, plot_bgcolor="white",
+                      xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", dtick=1, autorange="reversed"),
+                      height=max(300, 170 + 40 * len(layers)))
+    return fig
+
+
+def curve_lines(table: pd.DataFrame, x: str, y: str, group: str, title: str, y_title: str,
+                styles: dict[str, str] | None = None, band: tuple[str, str] | None = None) -> go.Figure:
+    """Lines of y against x per group (e.g. a pruning or perturbation curve per order), markers on the points;
+    `band` = (low, high) columns shaded around each line."""
+    fig = go.Figure()
+    for name, part in table.groupby(group, sort=False):
+        part = part.sort_values(x)
+        dash = (styles or {}).get(str(name), "solid")
+        if band:
+            fig.add_scatter(x=list(part[x]) + list(part[x])[::-1], y=list(part[band[1]]) + list(part[band[0]])[::-1],
+                            fill="toself", mode="lines", line=dict(width=0), opacity=0.2, hoverinfo="skip",
+                            showlegend=False, name=f"{name} range")
+        fig.add_scatter(x=part[x], y=part[y], mode="lines+markers", name=str(name), line=dict(dash=dash),
+                        hovertemplate=f"{name} · {x} %{{x}}: %{{y:.4g}}<extra></extra>")
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=360, margin=MARGIN, xaxis_title=x,
+                      yaxis_title=y_title, legend=dict(orientation="h", x=0, y=-0.25, yanchor="top",
+                                                       font=dict(size=FONT + 1)))
+    return fig

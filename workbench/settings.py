@@ -7,6 +7,8 @@ screenshot scripts point the app at temporary folders without touching the real 
     WORKBENCH_CLASSIFIER   head-pattern classifier (.joblib)   (default analyses/models/head_classifier.joblib)
     WORKBENCH_GOLD_DIR     gold-set folder written by labelling (default analyses/gold)
     WORKBENCH_STATS_ROOT   folder holding stats/NAME exports   (default stats)
+    WORKBENCH_BEHAVIOUR_ROOT  folder holding behaviour/NAME/{importance,grounding,relevance,dynamics}
+                              (default behaviour)
 """
 from __future__ import annotations
 
@@ -48,6 +50,10 @@ def gold_dir() -> Path:
 
 def stats_root() -> Path:
     return resolve(os.environ.get("WORKBENCH_STATS_ROOT", "stats"))
+
+
+def behaviour_root() -> Path:
+    return resolve(os.environ.get("WORKBENCH_BEHAVIOUR_ROOT", "behaviour"))
 
 
 def find_runs() -> list[str]:

@@ -22,6 +22,10 @@ GUIDE = {
     "views/image_view.py": "where a word looks among the image regions, or which words look at a region",
     "views/transport.py": "the word × region transport plan of WRA, by IPOT, Sinkhorn and exact EMD",
     "views/statistics.py": "the exported pattern tables and figures, filtered and downloadable",
+    "views/importance.py": "which heads matter: remove one head at a time, gradient importance, pruning curves",
+    "views/grounding.py": "which heads point words at their objects' regions, and regions at the words naming them",
+    "views/relevance.py": "which words and regions the match of the chosen caption and image rests on",
+    "views/dynamics.py": "how patterns, importance and grounding formed during training; two runs side by side",
     "views/label_heads.py": "hand-label maps into the gold set and retrain the pattern classifier",
     "views/training.py": "loss curves, learning rate, throughput and the evaluation of a run",
 }
