@@ -26,7 +26,6 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from analyses import behaviour_figures
 from analyses.export_stats import aggregate, per_map_table
@@ -37,9 +36,9 @@ from analyses.head_importance import ablation_table, gradient_importance
 from analyses.patterns import PATTERNS
 from analyses.probe import METRIC_NAMES, METRICS, build_probe, probe_metrics, probe_states
 from analyses.results import Progress, read_results, results_folder, table_entries, write_results
-from analyses.sources import open_split
+from analyses.sources import DEFAULT_DEVICE, add_output_arguments, check_at_least, open_split
 from analyses.train_classifier import load_classifier
-from uniter_core.cli import exit_with, output_path, run_command, warn
+from uniter_core.cli import exit_with, run_command, warn
 from uniter_core.errors import UserError
 from uniter_core.pretrain import UniterForPretraining
 from uniter_core.runs import Run, load_run
@@ -193,17 +192,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run", type=Path, required=True, help="run folder written by uniter_core.train")
     p.add_argument("--compare", type=Path, help="a second run folder on the same corpus, e.g. one without WRA")
     p.add_argument("--split", default="test")
-    p.add_argument("--out", required=True, type=output_path)
+    add_output_arguments(p)
     p.add_argument("--queries", type=int, default=50)
     p.add_argument("--candidates", type=int, default=10)
     p.add_argument("--grounding-examples", type=int, default=150, help="grounded captions for the grounding")
-    p.add_argument("--model", type=Path, default=None, help="pattern classifier (default: the built-in one)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default=DEFAULT_DEVICE)
     args = p.parse_args(argv)
-    for name in ("queries", "candidates", "grounding_examples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    check_at_least(p, args, 1, "queries", "candidates", "grounding_examples")
     return args
 
 

@@ -29,9 +29,10 @@ from analyses.patterns import FEATURE_VERSION, HEAD_STATS, PATTERNS, head_stats,
 from analyses.train_classifier import load_classifier
 from uniter_core.cli import exit_with, output_path, run_command, warn
 from uniter_core.errors import UserError
-from uniter_core.io import atomic_path, write_json
+from analyses.results import write_table
+from analyses.sources import open_source, split_file
+from uniter_core.io import write_json
 from uniter_core.outputs import OutputFolder
-from uniter_core.runs import load_official_checkpoint, load_run
 
 DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LAYOUT = ("Maps are rows = queries, columns = keys over one example's real positions, laid out [CLS] "
@@ -123,15 +124,6 @@ def column_docs(table: pd.DataFrame) -> dict:
             "columns": {c: {"dtype": str(table[c].dtype), "description": docs[c]} for c in table.columns}}
 
 
-def write_table(table: pd.DataFrame, out: Path, name: str) -> None:
-    with atomic_path(out / f"{name}.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_path(out / f"{name}.parquet") as tmp:
-        table.to_parquet(tmp, index=False)
-    with atomic_path(out / f"{name}.json") as tmp:
-        table.to_json(tmp, orient="records", indent=1)
-
-
 STATS_ENTRIES = ("figures", "columns.json") + tuple(f"{t}.{e}" for t in ("examples", "heads", "layers")
                                                     for e in ("csv", "parquet", "json"))
 
@@ -214,18 +206,10 @@ def export_stats(*, out: Path, run: Path | None = None, checkpoint: Path | None 
     (see the module docstring); returns the tables. `warn(message)` hears about damaged checkpoints passed over."""
     # Refuse a bad --out before minutes of extraction (export() checks it again before writing).
     _out_folder(out).check()
-    if run:
-        loaded = load_run(run, warn=warn)
-        source = {"run": str(run), "checkpoint": loaded.checkpoint.name}
-    else:
-        loaded = load_official_checkpoint(checkpoint, corpus, preset)
-        source = {"checkpoint": str(checkpoint), "preset": preset}
+    loaded, source = open_source(run=run, checkpoint=checkpoint, corpus=corpus, preset=preset, warn=warn)
     limits = {"max_text_len": loaded.max_text_len, "max_regions": loaded.max_regions}
     corpus = corpus or loaded.corpus
-    split_file = Path(corpus) / "txt_db" / f"{split}.jsonl"
-    if not split_file.exists():
-        known = sorted(p.stem for p in (Path(corpus) / "txt_db").glob("*.jsonl"))
-        raise ExportError(f"--split {split}: {split_file} does not exist (splits: {', '.join(known) or 'none'})")
+    split_file(corpus, split)
     classifier = load_classifier(model)
     source.update({"corpus": str(corpus), "split": split, "max_examples": max_examples,
                    "classifier": str(model or "default"), "classifier_data_hash": classifier.metadata["data_hash"],

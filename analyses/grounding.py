@@ -28,11 +28,12 @@ import torch
 
 from analyses import behaviour_figures
 from analyses.head_importance import dominant_patterns
-from analyses.results import Progress, read_results, results_folder, table_entries, write_results
-from analyses.sources import add_source_arguments, check_source_arguments, open_source, open_split
+from analyses.results import Progress, read_results, write_results
+from analyses.sources import (add_output_arguments, add_source_arguments, check_at_least, check_source_arguments,
+                              open_analysis, source_keywords)
 from analyses.train_classifier import load_classifier
 from analyses.patterns import PATTERNS
-from uniter_core.cli import exit_with, output_path, run_command, warn
+from uniter_core.cli import exit_with, run_command, warn
 from uniter_core.data.dataset import alignment_by_position, collate
 from uniter_core.grounding import Tally, add_layer, region_owners, truth_sets
 from uniter_core.runs import to_device
@@ -192,22 +193,18 @@ def grounding(*, out: Path, run: Path | None = None, checkpoint: Path | None = N
               batch_size: int = 32, classifier: Path | None = None, device: str = "cpu", progress=True,
               force: bool = True, warn=None) -> dict:
     """Measure and write everything of the module docstring into `out`; returns the summary."""
-    folder = results_folder(out, COMMAND, table_entries(TABLES), force=force)
-    folder.check()
-    loaded, source = open_source(run=run, checkpoint=checkpoint, corpus=corpus, preset=preset,
-                                  overrides=overrides, warn=warn)
-    corpus = Path(corpus or loaded.corpus)
-    dataset = open_split(loaded, corpus, split)
-    model = loaded.model.to(device).eval()
+    opened = open_analysis(out, COMMAND, TABLES, run=run, checkpoint=checkpoint, corpus=corpus, preset=preset,
+                           overrides=overrides, split=split, device=device, force=force, warn=warn)
+    dataset, model = opened.dataset, opened.model
     patterns_from = load_classifier(classifier)
     grounded = [i for i, t in enumerate(dataset.texts) if t.get("alignment")]
     indices = (grounded or list(range(len(dataset))))[:max_examples]
     head_tally, layer_tally = measure(model, dataset, indices, batch_size, progress)
-    heads = dominant_patterns(loaded, corpus, split, indices, patterns_from, device).merge(
+    heads = dominant_patterns(opened.loaded, opened.corpus, split, indices, patterns_from, device).merge(
         head_tally.table(), on=["layer", "head"])
     layers = layer_table(layer_tally, model.config.num_hidden_layers)
     summary = {
-        "source": {**source, "corpus": str(corpus), "split": split, "classifier": str(classifier or "default"),
+        "source": {**opened.source, "classifier": str(classifier or "default"),
                    "classifier_data_hash": patterns_from.metadata.get("data_hash", "")},
         "settings": {"max_examples": max_examples, "batch_size": batch_size, "value_threshold": VALUE_THRESHOLD},
         "examples": len(indices), "rule": "covering" if region_owners(dataset, dataset.texts[indices[0]]["image_id"], 1)
@@ -216,7 +213,7 @@ def grounding(*, out: Path, run: Path | None = None, checkpoint: Path | None = N
         "share_of_heads_cross_modal_over_half": float((heads["cross_modal"] > VALUE_THRESHOLD).mean()),
         "best_heads": {d: best_head(heads, d) for d in DIRECTIONS},
     }
-    write_results(folder, {"heads": heads, "layers": layers}, COLUMNS, summary,
+    write_results(opened.folder, {"heads": heads, "layers": layers}, COLUMNS, summary,
                   lambda figures: behaviour_figures.write_grounding({"heads": heads, "layers": layers}, figures),
                   may_be_nan=lambda table, column: True if table == "layers" or column.startswith(DIRECTIONS)
                   else False)
@@ -239,26 +236,19 @@ def read_grounding(folder: Path) -> tuple[dict, dict[str, pd.DataFrame]]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(p)
-    p.add_argument("--out", required=True, type=output_path)
+    add_output_arguments(p)
     p.add_argument("--max-examples", type=int, default=None, help="the first N grounded captions (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--model", type=Path, default=None, help="pattern classifier (default: the built-in one)")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     check_source_arguments(p, args)
-    if args.batch_size < 1:
-        p.error("--batch-size must be at least 1")
-    if args.max_examples is not None and args.max_examples < 1:
-        p.error("--max-examples must be at least 1")
+    check_at_least(p, args, 1, "batch_size", "max_examples")
     return args
 
 
 def _cli(argv=None) -> None:
     args = parse_args(argv)
-    summary = grounding(out=args.out, run=args.run, checkpoint=args.checkpoint, corpus=args.corpus,
-                        preset=args.preset, overrides=args.override, split=args.split, max_examples=args.max_examples,
-                        batch_size=args.batch_size, classifier=args.model, device=args.device,
-                        progress=not args.no_progress, warn=warn)
+    summary = grounding(out=args.out, **source_keywords(args), max_examples=args.max_examples,
+                        batch_size=args.batch_size, classifier=args.model, progress=not args.no_progress, warn=warn)
     print(f"{args.out}: {summary['examples']} examples, {summary['grounded_word_pieces']} grounded word-pieces, "
           f"{summary['named_regions']} named regions ({summary['rule']} rule); heads with cross-modal attention "
           f"> {VALUE_THRESHOLD}: {summary['share_of_heads_cross_modal_over_half']:.0%}")

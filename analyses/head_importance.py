@@ -38,10 +38,11 @@ from analyses.export_stats import aggregate, per_map_table
 from analyses.patterns import PATTERNS
 from analyses.probe import (GRADIENT_LOSSES, METRIC_NAMES, METRICS, Probe, build_probe, candidate_logits,
                             match_logits, mlm_scores, probe_metrics, probe_states, retrieval_weights)
-from analyses.results import Progress, read_results, results_folder, table_entries, write_results
-from analyses.sources import add_source_arguments, check_source_arguments, open_source, open_split
+from analyses.results import Progress, read_results, write_results
+from analyses.sources import (add_output_arguments, add_source_arguments, check_at_least, check_source_arguments,
+                              open_analysis, source_keywords)
 from analyses.train_classifier import load_classifier
-from uniter_core.cli import exit_with, output_path, run_command, warn
+from uniter_core.cli import exit_with, run_command, warn
 from uniter_core.tasks import wra_pads
 
 COMMAND = "head_importance"
@@ -243,15 +244,11 @@ def head_importance(*, out: Path, run: Path | None = None, checkpoint: Path | No
                     warn=None) -> dict:
     """Measure and write everything of the module docstring into `out`; returns the summary. `progress`: tqdm
     bars, a callback (what, done, total) or False (analyses.results.Progress)."""
-    folder = results_folder(out, COMMAND, table_entries(TABLES), force=force)
-    folder.check()
-    loaded, source = open_source(run=run, checkpoint=checkpoint, corpus=corpus, preset=preset,
-                                  overrides=overrides, warn=warn)
-    corpus = Path(corpus or loaded.corpus)
-    dataset = open_split(loaded, corpus, split)
-    model = loaded.model.to(device).eval()
+    opened = open_analysis(out, COMMAND, TABLES, run=run, checkpoint=checkpoint, corpus=corpus, preset=preset,
+                           overrides=overrides, split=split, device=device, force=force, warn=warn)
+    model = opened.model
     patterns_from = load_classifier(classifier)
-    probe = build_probe(dataset, model.config, queries, candidates, batch_size, device)
+    probe = build_probe(opened.dataset, model.config, queries, candidates, batch_size, device)
     report = Progress(progress)
 
     torch.manual_seed(0)
@@ -266,7 +263,7 @@ def head_importance(*, out: Path, run: Path | None = None, checkpoint: Path | No
     gradient_seconds = time.perf_counter() - start
     for loss, values in grads.items():
         heads[f"grad_{loss}"] = values[heads["layer"], heads["head"]]
-    heads = dominant_patterns(loaded, corpus, split, probe.text_indices, patterns_from, device).merge(
+    heads = dominant_patterns(opened.loaded, opened.corpus, split, probe.text_indices, patterns_from, device).merge(
         heads, on=["layer", "head"])
     start = time.perf_counter()
     pruning = pruning_table(model, probe, states, pruning_orders(heads, random_orders),
@@ -274,8 +271,7 @@ def head_importance(*, out: Path, run: Path | None = None, checkpoint: Path | No
     pruning_seconds = time.perf_counter() - start
     n_heads = len(heads)
     summary = {
-        "source": {**source, "corpus": str(corpus), "split": split,
-                   "classifier": str(classifier or "default"),
+        "source": {**opened.source, "classifier": str(classifier or "default"),
                    "classifier_data_hash": patterns_from.metadata.get("data_hash", "")},
         "settings": {"queries": probe.queries, "candidates": probe.candidates, "random_orders": random_orders,
                      "shares": list(SHARES), "noticeable_drop": NOTICEABLE, "batch_size": batch_size},
@@ -293,7 +289,7 @@ def head_importance(*, out: Path, run: Path | None = None, checkpoint: Path | No
                  "pruning_s": round(pruning_seconds, 3), "pruning_over_bare": round(pruning_seconds / bare, 2)},
     }
     tables = {"heads": heads, "pruning": pruning, "patterns": pattern_table(heads)}
-    write_results(folder, tables, COLUMNS, summary,
+    write_results(opened.folder, tables, COLUMNS, summary,
                   lambda figures: behaviour_figures.write_importance(tables, summary, figures))
     return summary
 
@@ -306,30 +302,24 @@ def read_importance(folder: Path) -> tuple[dict, dict[str, pd.DataFrame]]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(p)
-    p.add_argument("--out", required=True, type=output_path)
+    add_output_arguments(p)
     p.add_argument("--queries", type=int, default=50, help="captions of different images in the probe")
     p.add_argument("--candidates", type=int, default=10, help="candidate images per caption, its own included")
     p.add_argument("--random-orders", type=int, default=3, help="random pruning orders (seeds 0, 1, ...)")
     p.add_argument("--batch-size", type=int, default=128, help="rows per forward")
-    p.add_argument("--model", type=Path, default=None, help="pattern classifier (default: the built-in one)")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     check_source_arguments(p, args)
-    for name in ("queries", "candidates", "batch_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.random_orders < 0:
-        p.error("--random-orders must be 0 or more")
+    check_at_least(p, args, 1, "queries", "candidates", "batch_size")
+    check_at_least(p, args, 0, "random_orders")
     return args
 
 
 def _cli(argv=None) -> None:
     args = parse_args(argv)
-    summary = head_importance(out=args.out, run=args.run, checkpoint=args.checkpoint, corpus=args.corpus,
-                              preset=args.preset, overrides=args.override, split=args.split, queries=args.queries,
+    summary = head_importance(out=args.out, **source_keywords(args), queries=args.queries,
                               candidates=args.candidates, random_orders=args.random_orders,
-                              batch_size=args.batch_size, classifier=args.model, device=args.device,
-                              progress=not args.no_progress, warn=warn)
+                              batch_size=args.batch_size, classifier=args.model, progress=not args.no_progress,
+                              warn=warn)
     base = ", ".join(f"{k} {v:.3f}" for k, v in summary["base"].items())
     cost = summary["cost"]
     print(f"{args.out}: {summary['probe']['heads']} heads, {summary['probe']['queries']} captions x "

@@ -35,9 +35,10 @@ import torch
 
 from analyses import behaviour_figures
 from analyses.probe import match_logits
-from analyses.results import Progress, read_results, results_folder, table_entries, write_results
-from analyses.sources import add_source_arguments, check_source_arguments, open_source, open_split
-from uniter_core.cli import exit_with, output_path, run_command, warn
+from analyses.results import Progress, read_results, write_results
+from analyses.sources import (add_output_arguments, add_source_arguments, check_at_least, check_source_arguments,
+                              open_analysis, source_keywords)
+from uniter_core.cli import exit_with, run_command, warn
 from uniter_core.data.dataset import collate
 from uniter_core.grounding import region_owners, truth_sets
 from uniter_core.model import SequenceLayout
@@ -256,23 +257,18 @@ def relevance(*, out: Path, run: Path | None = None, checkpoint: Path | None = N
               batch_size: int = 16, seed: int = 0, device: str = "cpu", progress=True, force: bool = True,
               warn=None) -> dict:
     """Evaluate the three methods on the split's true pairs and write the module docstring's outputs."""
-    folder = results_folder(out, COMMAND, table_entries(TABLES), force=force)
-    folder.check()
-    loaded, source = open_source(run=run, checkpoint=checkpoint, corpus=corpus, preset=preset,
-                                  overrides=overrides, warn=warn)
-    corpus = Path(corpus or loaded.corpus)
-    dataset = open_split(loaded, corpus, split)
-    model = loaded.model.to(device).eval()
-    indices = list(range(len(dataset)))[:max_examples]
-    curves, auc, pointing = evaluate_split(model, dataset, indices, batch_size, seed, progress)
-    summary = {"source": {**source, "corpus": str(corpus), "split": split},
+    opened = open_analysis(out, COMMAND, TABLES, run=run, checkpoint=checkpoint, corpus=corpus, preset=preset,
+                           overrides=overrides, split=split, device=device, force=force, warn=warn)
+    indices = list(range(len(opened.dataset)))[:max_examples]
+    curves, auc, pointing = evaluate_split(opened.model, opened.dataset, indices, batch_size, seed, progress)
+    summary = {"source": opened.source,
                "settings": {"max_examples": max_examples, "batch_size": batch_size, "seed": seed},
                "examples": len(indices),
                "auc": {f"{r.order}/{r.modality}/{r.direction}": round(float(r.auc), 4) for r in auc.itertuples()},
                "pointing": {r.method: round(float(r.hits), 4) for r in pointing.itertuples()},
                "pointing_chance": round(float(pointing["chance"].iloc[0]), 4) if len(pointing) else None}
     tables = {"curves": curves, "auc": auc, "pointing": pointing}
-    write_results(folder, tables, COLUMNS, summary, lambda figures: behaviour_figures.write_relevance(tables, figures),
+    write_results(opened.folder, tables, COLUMNS, summary, lambda figures: behaviour_figures.write_relevance(tables, figures),
                   may_be_nan=lambda table, column: column.endswith("_std"))
     return summary
 
@@ -284,26 +280,20 @@ def read_relevance(folder: Path) -> tuple[dict, dict[str, pd.DataFrame]]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(p)
-    p.add_argument("--out", required=True, type=output_path)
+    add_output_arguments(p, classifier=False)
     p.add_argument("--max-examples", type=int, default=None, help="the first N examples (default: the whole split)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per relevance pass")
     p.add_argument("--seed", type=int, default=0, help="seed of the random removal order")
-    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     check_source_arguments(p, args)
-    if args.batch_size < 1:
-        p.error("--batch-size must be at least 1")
-    if args.max_examples is not None and args.max_examples < 1:
-        p.error("--max-examples must be at least 1")
+    check_at_least(p, args, 1, "batch_size", "max_examples")
     return args
 
 
 def _cli(argv=None) -> None:
     args = parse_args(argv)
-    summary = relevance(out=args.out, run=args.run, checkpoint=args.checkpoint, corpus=args.corpus,
-                        preset=args.preset, overrides=args.override, split=args.split, max_examples=args.max_examples,
-                        batch_size=args.batch_size, seed=args.seed, device=args.device,
-                        progress=not args.no_progress, warn=warn)
+    summary = relevance(out=args.out, **source_keywords(args), max_examples=args.max_examples,
+                        batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, warn=warn)
     print(f"{args.out}: {summary['examples']} examples")
     for key, value in summary["auc"].items():
         print(f"  AUC {key}: {value:.3f}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -92,3 +93,54 @@ def open_split(loaded: Run, corpus: Path, split: str) -> ImageTextDataset:
     if not len(dataset):
         raise UserError(f"--split {split}: {dataset.text_file} holds no captions; choose another --split")
     return dataset
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, classifier: bool = True) -> None:
+    """--out, --no-progress and (`classifier`) --model, the pattern classifier."""
+    from uniter_core.cli import output_path
+    parser.add_argument("--out", required=True, type=output_path)
+    if classifier:
+        parser.add_argument("--model", type=Path, default=None, help="pattern classifier (default: the built-in one)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def check_at_least(parser: argparse.ArgumentParser, args: argparse.Namespace, low: int, *names: str) -> None:
+    """parser.error for the first of the options `names` (attribute names) below `low`; None passes."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} must be at least {low}")
+
+
+def source_keywords(args: argparse.Namespace) -> dict:
+    """The keyword arguments of open_analysis that add_source_arguments parsed."""
+    return dict(run=args.run, checkpoint=args.checkpoint, corpus=args.corpus, preset=args.preset,
+                overrides=args.override, split=args.split, device=args.device)
+
+
+@dataclass
+class Opened:
+    """What an analysis works on: its output folder (checked), the model (in eval mode, on the device), the
+    corpus and split, and the `source` record for its summary."""
+
+    folder: object  # uniter_core.outputs.OutputFolder
+    loaded: Run
+    corpus: Path
+    dataset: ImageTextDataset
+    model: object
+    source: dict
+
+
+def open_analysis(out: Path, command: str, tables: tuple[str, ...], *, run: Path | None = None,
+                  checkpoint: Path | None = None, corpus: Path | None = None, preset: str = "uniter-base",
+                  overrides=(), split: str = "test", device: str = "cpu", force: bool = True, warn=None) -> Opened:
+    """The output folder is refused before the model is read (a foreign --out costs nothing), then the source."""
+    from analyses.results import results_folder, table_entries
+    folder = results_folder(out, command, table_entries(tables), force=force)
+    folder.check()
+    loaded, source = open_source(run=run, checkpoint=checkpoint, corpus=corpus, preset=preset, overrides=overrides,
+                                 warn=warn)
+    corpus = Path(corpus or loaded.corpus)
+    dataset = open_split(loaded, corpus, split)
+    return Opened(folder, loaded, corpus, dataset, loaded.model.to(device).eval(),
+                  {**source, "corpus": str(corpus), "split": split})

@@ -10,7 +10,7 @@ def test_importance_page_computes_the_sweep_then_draws_it(open_app, model_path, 
     at = open_app("importance", WORKBENCH_BEHAVIOUR_ROOT=tmp_path, WORKBENCH_CLASSIFIER=model_path)
     assert "No importance output" in texts(at.info) and "analyses.head_importance" in texts(at.code)
     ok(at.number_input(key="imp_queries").set_value(5).run())
-    ok(at.button(key="imp_compute").click().run())
+    ok(at.button(key="importance_compute").click().run())
     assert (tmp_path / "tiny" / "importance" / "summary.json").exists()
     assert charts(at) == 2 and "Removing one head" in at.get("plotly_chart")[0].proto.spec
     ok(at.radio(key="imp_metric").set_value("mlm_loss").run())
@@ -19,7 +19,7 @@ def test_importance_page_computes_the_sweep_then_draws_it(open_app, model_path, 
 
 def test_grounding_page_computes_then_switches_views(open_app, model_path, tmp_path):
     at = open_app("grounding", WORKBENCH_BEHAVIOUR_ROOT=tmp_path, WORKBENCH_CLASSIFIER=model_path)
-    ok(at.button(key="gr_compute").click().run())
+    ok(at.button(key="grounding_compute").click().run())
     assert charts(at) == 2 and at.metric[1].value != "0"
     ok(at.radio(key="gr_view").set_value("cross_modal").run())
     assert "attention to the other modality" in at.get("plotly_chart")[0].proto.spec

@@ -100,25 +100,15 @@ class CheckpointManager:
         if bad:
             raise CheckpointError(f"checkpoint step_{step:08d} not written: {len(bad)} weight tensors hold NaN or "
                                   f"infinite values (e.g. {bad[0]})")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.directory / f"step_{step:08d}"
-        work = self.directory / f".step_{step:08d}.partial"
-        try:
-            if work.exists():
-                shutil.rmtree(work)
+        def write(work: Path) -> None:
             work.mkdir()
             model.save_pretrained(work / "model")
             buffer = io.BytesIO()  # torch.save reports a full disk as a RuntimeError; a plain write says ENOSPC
             torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": rng_state(), "extra": extra}, buffer)
             (work / "state.pt").write_bytes(buffer.getbuffer())
-            del buffer
-            if final.exists():
-                shutil.rmtree(final)
-            work.rename(final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
+
+        final = write_step_folder(self.directory, step, write)
         write_text(self.directory / "latest", final.name + "\n")
         self._prune(step)
         return final
@@ -222,16 +212,15 @@ def snapshot_due(step: int, keep_every: int, keep_steps) -> bool:
     return step in keep_steps or (keep_every > 0 and step % keep_every == 0)
 
 
-def save_snapshot(run_dir: str | Path, step: int, model) -> Path:
-    """RUN/snapshots/step_N/ (config.json + model.safetensors), written as a partial folder and renamed; an
-    earlier snapshot of the same step (a resumed run passing it again) is replaced by the same weights."""
-    folder = Path(run_dir) / SNAPSHOTS
-    folder.mkdir(parents=True, exist_ok=True)
-    final, work = folder / f"step_{step:08d}", folder / f".step_{step:08d}.partial"
+def write_step_folder(directory: Path, step: int, write) -> Path:
+    """directory/step_N, built by `write(work)` in directory/.step_N.partial and renamed into place (an earlier
+    folder of the step is replaced); any failure, a second Ctrl-C included, removes the partial folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final, work = directory / f"step_{step:08d}", directory / f".step_{step:08d}.partial"
     try:
         if work.exists():
             shutil.rmtree(work)
-        model.save_pretrained(work)
+        write(work)
         if final.exists():
             shutil.rmtree(final)
         work.rename(final)
@@ -239,6 +228,12 @@ def save_snapshot(run_dir: str | Path, step: int, model) -> Path:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return final
+
+
+def save_snapshot(run_dir: str | Path, step: int, model) -> Path:
+    """RUN/snapshots/step_N/ (config.json + model.safetensors), written atomically; an earlier snapshot of the
+    same step (a resumed run passing it again) is replaced by the same weights."""
+    return write_step_folder(Path(run_dir) / SNAPSHOTS, step, model.save_pretrained)
 
 
 def snapshots(run_dir: str | Path) -> list[tuple[int, Path]]:

@@ -126,3 +126,28 @@ def _explained(_loaded: Loaded, key: tuple, split: str, index: int):
 def explained(loaded: Loaded, split: str, index: int):
     """relevance.explain_example of one example (one forward and backward, then its perturbation variants)."""
     return _explained(loaded, loaded.key, split, index)
+
+
+def read_or_offer(loaded: Loaded, analysis: str, split: str, how_long: str, options=None) -> tuple[dict, dict]:
+    """(summary, tables) of the page's output; without one, the page says so, shows the command (`how_long` it
+    takes) and a "Compute now" button (with `options()` drawing its settings and returning their keywords), and
+    stops. A note is shown when the output was made from another checkpoint."""
+    from workbench import ui
+    try:
+        summary, tables, note = read(loaded, analysis)
+    except LoadError as error:
+        ui.show(error)
+        st.markdown(f"Write it from a terminal ({how_long}), or here:")
+        st.code(command(loaded.source, analysis, split), language="bash")
+        chosen = options() if options else {}
+        if st.button("Compute now", key=f"{analysis}_compute", help="Runs the analysis here with a progress bar"):
+            try:
+                compute_now(loaded, analysis, split, **chosen)
+            except LoadError as failure:
+                ui.show(failure)
+            else:
+                st.rerun()
+        st.stop()
+    if note:
+        st.warning(note)
+    return summary, tables

@@ -4,7 +4,6 @@ import pandas as pd
 import streamlit as st
 
 from workbench import behaviour, plots, state, ui
-from workbench.loaders import LoadError
 
 st.title("Grounding")
 st.caption("For every head: does a grounded word-piece's largest attention to a region land on a region of its "
@@ -12,22 +11,7 @@ st.caption("For every head: does a grounded word-piece's largest attention to a 
            "(the share of regions, or of word-pieces, that would be a hit).")
 loaded = ui.need_model()
 split = state.read_text("split", "test")
-try:
-    summary, tables, note = behaviour.read(loaded, "grounding")
-except LoadError as error:
-    ui.show(error)
-    st.markdown("Write it from a terminal (under a minute for the demo run), or here:")
-    st.code(behaviour.command(loaded.source, "grounding", split), language="bash")
-    if st.button("Compute now", key="gr_compute"):
-        try:
-            behaviour.compute_now(loaded, "grounding", split)
-        except LoadError as failure:
-            ui.show(failure)
-        else:
-            st.rerun()
-    st.stop()
-if note:
-    st.warning(note)
+summary, tables = behaviour.read_or_offer(loaded, "grounding", split, "about a minute for the demo run")
 
 heads, layers = tables["heads"], tables["layers"]
 cols = st.columns(3)

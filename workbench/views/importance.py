@@ -5,7 +5,6 @@ import streamlit as st
 
 from analyses.probe import METRIC_NAMES, METRICS
 from workbench import behaviour, plots, state, ui
-from workbench.loaders import LoadError
 
 st.title("Head importance")
 st.caption("Each head in turn is removed (its output replaced by zeros) and the model is measured again on a fixed "
@@ -13,24 +12,11 @@ st.caption("Each head in turn is removed (its output replaced by zeros) and the 
            "Gradient importance (Michel et al. 2019) is |∂ loss / ∂ head gate| from one backward pass.")
 loaded = ui.need_model()
 split = state.read_text("split", "test")
-try:
-    summary, tables, note = behaviour.read(loaded, "importance")
-except LoadError as error:
-    ui.show(error)
-    st.markdown("Write it from a terminal (about 10 minutes for the demo run on 2 CPU cores):")
-    st.code(behaviour.command(loaded.source, "importance", split), language="bash")
-    queries = st.number_input("Captions in the probe", 5, 500, 20, key="imp_queries",
-                              help="The command's --queries (default 50); fewer is faster and coarser")
-    if st.button("Compute now", key="imp_compute", help="Runs the sweep here with a progress bar"):
-        try:
-            behaviour.compute_now(loaded, "importance", split, queries=int(queries))
-        except LoadError as failure:
-            ui.show(failure)
-        else:
-            st.rerun()
-    st.stop()
-if note:
-    st.warning(note)
+summary, tables = behaviour.read_or_offer(
+    loaded, "importance", split, "about 10 minutes for the demo run on 2 CPU cores",
+    lambda: {"queries": int(st.number_input("Captions in the probe", 5, 500, 20, key="imp_queries",
+                                            help="The command's --queries (default 50); fewer is faster and "
+                                                 "coarser"))})
 
 heads, pruning, patterns = tables["heads"], tables["pruning"], tables["patterns"]
 base, cost = summary["base"], summary["cost"]
