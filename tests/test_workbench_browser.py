@@ -55,9 +55,12 @@ def chromium():
 
 @pytest.fixture(scope="module")
 def app(chromium, workbench_env, tmp_path_factory):
-    """(server, its WORKBENCH_* settings) of the app on the tiny run, with a gold-set folder of its own."""
+    """(server, its WORKBENCH_* settings) of the app on the tiny run, with a gold-set folder of its own and the
+    behaviour analyses of the tiny run written (so those pages draw their charts)."""
     root = tmp_path_factory.mktemp("browser")
-    env = {**workbench_env, "WORKBENCH_GOLD_DIR": str(root / "gold")}
+    env = {**workbench_env, "WORKBENCH_GOLD_DIR": str(root / "gold"),
+           "WORKBENCH_BEHAVIOUR_ROOT": str(root / "behaviour")}
+    write_behaviour(workbench_env, root / "behaviour" / Path(workbench_env["WORKBENCH_RUN"]).name)
     with Server(env, log=root / "server.log") as server:
         yield server, env
 
@@ -66,6 +69,17 @@ def app(chromium, workbench_env, tmp_path_factory):
 def browser(app, tmp_path_factory):
     with Browser(1400, 1000, downloads=tmp_path_factory.mktemp("downloads")) as b:
         yield b
+
+
+def write_behaviour(env: dict[str, str], folder: Path) -> None:
+    from analyses import dynamics, grounding, head_importance, relevance
+    run, classifier = Path(env["WORKBENCH_RUN"]), Path(env["WORKBENCH_CLASSIFIER"])
+    head_importance.head_importance(out=folder / "importance", run=run, queries=3, candidates=2, random_orders=1,
+                                    classifier=classifier, progress=False)
+    grounding.grounding(out=folder / "grounding", run=run, classifier=classifier, progress=False)
+    relevance.relevance(out=folder / "relevance", run=run, max_examples=3, progress=False)
+    dynamics.dynamics(out=folder / "dynamics", run=run, queries=3, candidates=2, grounding_examples=3,
+                      classifier=classifier, progress=False)
 
 
 def open_page(browser: Browser, server: Server, page: str) -> dict[str, str]:
@@ -171,6 +185,22 @@ def test_transport_solver_changes_the_plan(app, browser):
         new = changes(browser, lambda: browser.radio("ot_solver", solver), lambda: chart_title(browser, "ot_plan"),
                       f"the {solver} plan")
         assert new.startswith(f"{solver} plan"), (solver, new)
+
+
+def test_behaviour_pages_follow_their_pickers(app, browser):
+    server, _ = app
+    open_page(browser, server, "importance")
+    new = changes(browser, lambda: browser.radio("imp_metric", "MLM loss"), lambda: chart_title(browser, "imp_grid"),
+                  "the importance grid of the MLM loss")
+    assert "MLM loss" in new
+    open_page(browser, server, "grounding")
+    new = changes(browser, lambda: browser.radio("gr_view", "attention to the other modality"),
+                  lambda: chart_title(browser, "gr_grid"), "the cross-modal grid")
+    assert new.startswith("attention to the other modality")
+    open_page(browser, server, "relevance")
+    new = changes(browser, lambda: browser.radio("rel_method", "attention rollout"),
+                  lambda: chart_title(browser, "rel_image"), "the rollout relevance")
+    assert "attention rollout" in new
 
 
 # ------------------------------------------------------------------------------------------------ statistics

@@ -17,7 +17,7 @@ heads, layers = tables["heads"], tables["layers"]
 cols = st.columns(3)
 cols[0].metric("Examples", summary["examples"], help=f"{summary['source']['split']} split, grounded captions")
 cols[1].metric("Grounded word-pieces", summary["grounded_word_pieces"])
-cols[2].metric("Heads with cross-modal attention > 0.5", f"{summary['share_of_heads_cross_modal_over_half']:.0%}",
+cols[2].metric("Cross-modal heads (> 0.5)", f"{summary['share_of_heads_cross_modal_over_half']:.0%}",
                help="Cao et al. 2020 (VALUE) found 15 % for UNITER-base")
 views = {"word_to_region_over_chance": "word → region, × chance", "region_to_word_over_chance":
          "region → word, × chance", "cross_modal": "attention to the other modality"}

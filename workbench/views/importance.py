@@ -57,7 +57,11 @@ with right:
     shares = summary["prunable_share"]
     st.markdown(f"**Share of heads removed before {names[metric]} drops by more than "
                 f"{summary['settings']['noticeable_drop']:.0%}**")
-    st.dataframe(pd.DataFrame([{"order": k.replace(":", " by "), "share": v[metric]} for k, v in shares.items()]),
+    def order_name(key: str) -> str:
+        kind, _, by = key.partition(":")
+        return f"least important first by {kind} on {names[by]}" if by else "random (mean of the seeds)"
+
+    st.dataframe(pd.DataFrame([{"order": order_name(k), "share": v[metric]} for k, v in shares.items()]),
                  hide_index=True, width="stretch")
     st.caption("Michel et al. (2019) removed 20–40 % of BERT's heads without a noticeable loss.")
 
