@@ -128,7 +128,7 @@ COLUMNS = {
 }
 
 
-def dynamics(*, out: Path, run: Path, compare: Path | None = None, split: str = "test", queries: int = 50,
+def dynamics(*, out: Path, run: Path, compare: Path | None = None, split: str = "test", queries: int = 25,
              candidates: int = 10, grounding_examples: int = 150, classifier: Path | None = None,
              device: str = "cpu", progress=True, force: bool = True, warn=None) -> dict:
     """Measure every kept step of `run` (and of `compare`) and write the module docstring's outputs."""
@@ -193,7 +193,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compare", type=Path, help="a second run folder on the same corpus, e.g. one without WRA")
     p.add_argument("--split", default="test")
     add_output_arguments(p)
-    p.add_argument("--queries", type=int, default=50)
+    p.add_argument("--queries", type=int, default=25, help="captions in the probe (half of head_importance's 50: "
+                                                          "the ablation sweep runs at every kept step)")
     p.add_argument("--candidates", type=int, default=10)
     p.add_argument("--grounding-examples", type=int, default=150, help="grounded captions for the grounding")
     p.add_argument("--device", default=DEFAULT_DEVICE)

@@ -1,10 +1,11 @@
 """The behaviour analyses as the pages read them: where each one's output folder is, the command that writes it,
 whether it was made from the model the app shows, and running it from the page with a progress bar.
 
-Outputs live under settings.behaviour_root(): behaviour/<source name>/<analysis>/ (what `make behaviour` writes
-for the demo run). Reading them takes a fraction of a second; computing takes seconds (grounding) to minutes
-(the importance sweep and the dynamics), so pages read an output when there is one and offer to compute it
-otherwise.
+Outputs live under settings.behaviour_root(): behaviour/<source name>/<analysis>/ (what `make behaviour` and the
+pages' "Compute now" write). Without one, a page reads the copy committed with the project for the demo run,
+docs/behaviour/<source name>/<analysis>/, when there is one. Reading takes a fraction of a second; computing
+takes seconds (grounding) to minutes (the importance sweep and the dynamics), so pages read an output when there
+is one and offer to compute it otherwise.
 """
 from __future__ import annotations
 
@@ -26,8 +27,20 @@ ANALYSES = {"importance": (head_importance, head_importance.TABLES, "analyses.he
             "dynamics": (dynamics, dynamics.TABLES, "analyses.dynamics")}
 
 
+COMMITTED = settings.REPO / "docs" / "behaviour"
+
+
 def folder(source: Source, analysis: str) -> Path:
+    """Where the commands and the pages write the analysis of `source`."""
     return settings.behaviour_root() / source.name / analysis
+
+
+def found_folder(source: Source, analysis: str) -> Path | None:
+    """The output a page reads: the written one, else the committed copy of the demo run, else None."""
+    for where in (folder(source, analysis), COMMITTED / source.name / analysis):
+        if (where / "summary.json").exists():
+            return where
+    return None
 
 
 def _source_arguments(source: Source) -> list[str]:
@@ -62,15 +75,26 @@ def _read(path: str, names: tuple[str, ...], stamp: float):
 def read(loaded: Loaded, analysis: str) -> tuple[dict, dict, str | None]:
     """(summary, tables, a note when the output was made from another checkpoint than the one shown);
     LoadError(missing=True) when there is no output yet."""
-    where = folder(loaded.source, analysis)
-    summary_file = where / "summary.json"
-    if not summary_file.exists():
-        raise LoadError(f"No {analysis} output for this model yet (`{_shown(where)}`).", missing=True)
+    where = found_folder(loaded.source, analysis)
+    if where is None:
+        raise LoadError(f"No {analysis} output for this model yet (`{_shown(folder(loaded.source, analysis))}`).",
+                        missing=True)
     try:
-        summary, tables = _read(str(where), ANALYSES[analysis][1], file_time(summary_file))
+        summary, tables = _read(str(where), ANALYSES[analysis][1], file_time(where / "summary.json"))
     except (UserError, ValueError, OSError) as error:
         raise LoadError(f"`{_shown(where)}` cannot be read: {error}") from None
     return summary, tables, _mismatch(summary.get("source", {}), loaded, analysis)
+
+
+def where_read(source: Source, analysis: str) -> str:
+    """The page's closing caption: which folder it read, and whether that is the committed copy."""
+    found = found_folder(source, analysis)
+    if found is None:
+        return ""
+    committed = found != folder(source, analysis)
+    return (f"Read from `{_shown(found)}`" + (f", the results committed with the project (the commands and "
+                                             f"“Compute now” write `{_shown(folder(source, analysis))}`)."
+                                             if committed else "."))
 
 
 def _mismatch(recorded: dict, loaded: Loaded, analysis: str) -> str | None:

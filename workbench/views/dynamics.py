@@ -69,4 +69,4 @@ if len(summary["steps"]) > 1:
     st.subheader("The runs at their last step")
     final = pd.DataFrame(summary["final"]).T
     st.dataframe(final, column_config={c: st.column_config.NumberColumn(format="%.3f") for c in final.columns})
-st.caption(f"Folder: `{behaviour.folder(loaded.source, 'dynamics')}`.")
+st.caption(behaviour.where_read(loaded.source, "dynamics"))

@@ -48,4 +48,4 @@ st.plotly_chart(plots.curve_lines(per_layer, "layer", "hit rate", "where", "Grou
                                   + plots.subtitle("layer 0: the embeddings; layer l: the output of encoder layer "
                                                    "l − 1"), f"hit rate ({rule} rule)",
                                   styles={"chance": "dot"}), key="gr_layers", config=ui.CHART)
-st.caption(f"Folder: `{behaviour.folder(loaded.source, 'grounding')}`.")
+st.caption(behaviour.where_read(loaded.source, "grounding"))

@@ -72,4 +72,4 @@ st.dataframe(patterns.assign(dominant_pattern=patterns["dominant_pattern"].map(u
 st.caption(f"Cost on {cost['device']}: one bare forward over the probe {cost['bare_forward_s']:.2f} s; the ablation "
            f"sweep {cost['ablation_sweep_over_bare']}× that ({cost['ablation_sweep_over_bare_per_head']}× per head), "
            f"the gradient pass {cost['gradient_pass_over_bare']}×, the pruning curves {cost['pruning_over_bare']}×. "
-           f"Folder: `{behaviour.folder(loaded.source, 'importance')}`.")
+           + behaviour.where_read(loaded.source, "importance"))

@@ -76,4 +76,5 @@ else:
                "examples (most relevant first: lower is better; least relevant first: higher is better). Pointing "
                "game (a grounded word's most relevant region shows its object): " + ", ".join(
                    f"{NAMES[r.method]} {r.hits:.3f}" for r in pointing.itertuples())
-               + (f", chance {pointing['chance'].iloc[0]:.3f}." if len(pointing) else "."))
+               + (f", chance {pointing['chance'].iloc[0]:.3f}. " if len(pointing) else ". ")
+               + behaviour.where_read(loaded.source, "relevance"))
