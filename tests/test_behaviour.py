@@ -18,8 +18,7 @@ from analyses.head_importance import ablation_table, gradient_importance, head_g
 from analyses.probe import build_probe, candidate_logits, mlm_scores, probe_metrics, probe_states
 from analyses.relevance import (explain_example, gradient_relevance, match_probabilities, removal_order, rollout,
                                 variants_of)
-from factories import make_batch, tiny_config
-from tests.factories import tiny_overrides
+from factories import make_batch, tiny_config, tiny_overrides
 from uniter_core import train
 from uniter_core.data.dataset import ImageTextDataset, collate
 from uniter_core.model import SequenceLayout, UniterModel

@@ -1,4 +1,5 @@
-"""The Streamlit app, page by page, through streamlit.testing.v1.AppTest on a tiny trained run.
+"""The Streamlit app, page by page, through streamlit.testing.v1.AppTest on a tiny trained run (the behaviour
+pages too: their outputs missing, computed from the page, read and drawn).
 
 Every page is driven through its widgets; every test also checks that no exception reached the page, including
 with a missing run, a corrupt checkpoint, classifier, metrics log, statistics table or gold set.
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from analyses import goldset
+from analyses import dynamics, goldset
 from analyses.mapfile import read_maps
 from analyses.patterns import PATTERNS
 from workbench import loaders, plots, ui
@@ -379,3 +380,44 @@ def test_figures_follow_a_subset_and_fit_their_colour_scale():
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["1", "2"]  # the layers shown, not 0..n-1
     part = figures.dominant_pattern_grid(heads[heads["head"] == 1])
     assert [t.get_text() for t in part.axes[0].get_xticklabels()] == ["1"]
+
+
+# ------------------------------------------------------------------------------------------ behaviour pages
+def test_importance_page_computes_the_sweep_then_draws_it(open_app, model_path, tmp_path):
+    at = open_app("importance", WORKBENCH_BEHAVIOUR_ROOT=tmp_path, WORKBENCH_CLASSIFIER=model_path)
+    assert "No importance output" in texts(at.info) and "analyses.head_importance" in texts(at.code)
+    ok(at.number_input(key="imp_queries").set_value(5).run())
+    ok(at.button(key="importance_compute").click().run())
+    assert (tmp_path / "tiny" / "importance" / "summary.json").exists()
+    assert charts(at) == 2 and "Removing one head" in at.get("plotly_chart")[0].proto.spec
+    ok(at.radio(key="imp_metric").set_value("mlm_loss").run())
+    assert "MLM loss" in at.get("plotly_chart")[0].proto.spec and "Spearman" in texts(at.caption)
+
+
+def test_grounding_page_computes_then_switches_views(open_app, model_path, tmp_path):
+    at = open_app("grounding", WORKBENCH_BEHAVIOUR_ROOT=tmp_path, WORKBENCH_CLASSIFIER=model_path)
+    ok(at.button(key="grounding_compute").click().run())
+    assert charts(at) == 2 and at.metric[1].value != "0"
+    ok(at.radio(key="gr_view").set_value("cross_modal").run())
+    assert "attention to the other modality" in at.get("plotly_chart")[0].proto.spec
+
+
+def test_why_this_match_explains_the_chosen_example(open_app, tmp_path):
+    at = open_app("relevance", WORKBENCH_BEHAVIOUR_ROOT=tmp_path)
+    assert charts(at) == 4 and 0 < float(at.metric[0].value) < 1
+    assert "No relevance output" in texts(at.info)
+    ok(at.radio(key="rel_method").set_value("rollout").run())
+    assert "attention rollout" in at.get("plotly_chart")[0].proto.spec
+    ok(at.radio(key="rel_modality").set_value("words").run())
+    ok(at.selectbox(key="example").set_value(2).run())
+    assert charts(at) == 4
+
+
+def test_dynamics_page_reads_the_output(open_app, workbench_env, model_path, tmp_path):
+    at = open_app("dynamics", WORKBENCH_BEHAVIOUR_ROOT=tmp_path)
+    assert "No dynamics output" in texts(at.info)
+    dynamics.dynamics(out=tmp_path / "tiny" / "dynamics", run=workbench_env["WORKBENCH_RUN"], queries=3,
+                      candidates=2, grounding_examples=3, classifier=model_path, progress=False)
+    ok(at.run())
+    assert charts(at) >= 3 and "Steps measured" in texts(at.markdown)
+    ok(at.radio(key="dyn_value").set_value("word_to_region").run())
