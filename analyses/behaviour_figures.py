@@ -196,10 +196,12 @@ def perturbation_figure(curves: pd.DataFrame, auc: pd.DataFrame | None = None):
 def pointing_figure(pointing: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(3.4, 2.3))
     colors = [RELEVANCE_STYLE[m][0] for m in pointing["method"]]
-    ax.bar(range(len(pointing)), pointing["hits"], color=colors, width=0.6)
-    if len(pointing):
+    ax.bar(range(len(pointing)), pointing["hits"].fillna(0), color=colors, width=0.6)
+    if len(pointing) and pointing["word_pieces"].iloc[0] > 0:
         ax.axhline(float(pointing["chance"].iloc[0]), color="black", linestyle=":", linewidth=0.8, label="chance")
         ax.legend(frameon=False, fontsize=6)
+    else:
+        ax.text(0.5, 0.5, "no grounded word-pieces in this corpus", transform=ax.transAxes, ha="center")
     ax.set_xticks(range(len(pointing)), list(pointing["method"]))
     ax.set_ylabel("pointing game hit rate")
     ax.set_title("Does a word's most relevant region show its object?", fontsize=8)

@@ -20,6 +20,7 @@ and the pointing game of the head-averaged attention. OUT gets heads and layers 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from analyses.sources import (add_output_arguments, add_source_arguments, check_
                               open_analysis, source_keywords)
 from analyses.train_classifier import load_classifier
 from analyses.patterns import PATTERNS
+from analyses.probe import bare_forward_seconds
 from uniter_core.cli import exit_with, run_command, warn
 from uniter_core.data.dataset import alignment_by_position, collate
 from uniter_core.grounding import Tally, add_layer, region_owners, truth_sets
@@ -199,7 +201,10 @@ def grounding(*, out: Path, run: Path | None = None, checkpoint: Path | None = N
     patterns_from = load_classifier(classifier)
     grounded = [i for i, t in enumerate(dataset.texts) if t.get("alignment")]
     indices = (grounded or list(range(len(dataset))))[:max_examples]
+    bare = bare_forward_seconds(model, dataset, indices, batch_size)
+    started = time.perf_counter()
     head_tally, layer_tally = measure(model, dataset, indices, batch_size, progress)
+    seconds = time.perf_counter() - started
     heads = dominant_patterns(opened.loaded, opened.corpus, split, indices, patterns_from, device).merge(
         head_tally.table(), on=["layer", "head"])
     layers = layer_table(layer_tally, model.config.num_hidden_layers)
@@ -212,6 +217,8 @@ def grounding(*, out: Path, run: Path | None = None, checkpoint: Path | None = N
         "grounded_word_pieces": head_tally.count["word_to_region"], "named_regions": head_tally.count["region_to_word"],
         "share_of_heads_cross_modal_over_half": float((heads["cross_modal"] > VALUE_THRESHOLD).mean()),
         "best_heads": {d: best_head(heads, d) for d in DIRECTIONS},
+        "cost": {"device": str(device), "bare_forward_s": round(bare, 3), "measure_s": round(seconds, 3),
+                 "measure_over_bare": round(seconds / bare, 2)},
     }
     write_results(opened.folder, {"heads": heads, "layers": layers}, COLUMNS, summary,
                   lambda figures: behaviour_figures.write_grounding({"heads": heads, "layers": layers}, figures),

@@ -188,3 +188,18 @@ def retrieval_weights(logits: torch.Tensor) -> torch.Tensor:
     weights = at_least_fp32(logits).softmax(1)
     weights[:, 0] -= 1.0
     return weights
+
+
+def bare_forward_seconds(model, dataset, indices: list[int], batch_size: int) -> float:
+    """Seconds of one plain forward pass (the training path: no attention kept, no hidden states) over the
+    dataset items `indices`: what an analysis's cost over the same examples is measured against."""
+    import time
+
+    from uniter_core.runs import to_device as on_device
+    batches = [on_device(collate([dataset[i] for i in indices[s:s + batch_size]]), model.device)
+               for s in range(0, len(indices), batch_size)]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            model.uniter.forward_batch(batch)
+    return time.perf_counter() - start

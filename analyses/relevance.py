@@ -26,6 +26,7 @@ and summary.json.
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import pandas as pd
 import torch
 
 from analyses import behaviour_figures
-from analyses.probe import match_logits
+from analyses.probe import bare_forward_seconds, match_logits
 from analyses.results import Progress, read_results, write_results
 from analyses.sources import (add_output_arguments, add_source_arguments, check_at_least, check_source_arguments,
                               open_analysis, source_keywords)
@@ -228,8 +229,11 @@ def evaluate_split(model, dataset, indices: list[int], batch_size: int = 16, see
         lambda g: area(g["share"].to_numpy(), g["probability"].to_numpy()), include_groups=False).rename("auc")
     auc = per_example.groupby(keys, sort=False).agg(["mean", "std", "count"]).reset_index()
     auc = auc.rename(columns={"mean": "auc", "std": "auc_std", "count": "examples"})
-    pointing_table = pd.DataFrame([{"method": m, "hits": h / n, "chance": c / n, "word_pieces": n, "rule": rule}
-                                   for m, (h, c, n, rule) in pointing.items()])
+    # a corpus without word-region alignments (an official one) has no pointing game: NaN, 0 word-pieces
+    pointing_table = pd.DataFrame([{"method": m, "hits": h / n if n else float("nan"),
+                                    "chance": c / n if n else float("nan"), "word_pieces": int(n), "rule": rule}
+                                   for m, (h, c, n, rule) in ((m, pointing.get(m, (0, 0.0, 0, "none")))
+                                                              for m in METHODS)])
     curves["examples"] = curves["examples"].astype("int64")
     auc["examples"] = auc["examples"].astype("int64")
     return curves, auc, pointing_table
@@ -248,7 +252,7 @@ COLUMNS = {
     "pointing": {"method": "relevance method", "hits": "share of grounded word-pieces whose most relevant region "
                                                         "lands on their object",
                  "chance": "chance level: mean share of regions that would be a hit",
-                 "word_pieces": "grounded word-pieces", "rule": "covering (region_object) or box (own box)"},
+                 "word_pieces": "grounded word-pieces", "rule": "covering (region_object), box (own box), or none (no grounded words)"},
 }
 
 
@@ -260,16 +264,23 @@ def relevance(*, out: Path, run: Path | None = None, checkpoint: Path | None = N
     opened = open_analysis(out, COMMAND, TABLES, run=run, checkpoint=checkpoint, corpus=corpus, preset=preset,
                            overrides=overrides, split=split, device=device, force=force, warn=warn)
     indices = list(range(len(opened.dataset)))[:max_examples]
+    bare = bare_forward_seconds(opened.model, opened.dataset, indices, batch_size)
+    started = time.perf_counter()
     curves, auc, pointing = evaluate_split(opened.model, opened.dataset, indices, batch_size, seed, progress)
+    seconds = time.perf_counter() - started
     summary = {"source": opened.source,
                "settings": {"max_examples": max_examples, "batch_size": batch_size, "seed": seed},
                "examples": len(indices),
                "auc": {f"{r.order}/{r.modality}/{r.direction}": round(float(r.auc), 4) for r in auc.itertuples()},
-               "pointing": {r.method: round(float(r.hits), 4) for r in pointing.itertuples()},
-               "pointing_chance": round(float(pointing["chance"].iloc[0]), 4) if len(pointing) else None}
+               "pointing": {r.method: None if r.word_pieces == 0 else round(float(r.hits), 4)
+                            for r in pointing.itertuples()},
+               "pointing_chance": None if pointing["word_pieces"].iloc[0] == 0 else round(
+                   float(pointing["chance"].iloc[0]), 4),
+               "cost": {"device": str(device), "bare_forward_s": round(bare, 3), "evaluation_s": round(seconds, 3),
+                        "evaluation_over_bare": round(seconds / bare, 2)}}
     tables = {"curves": curves, "auc": auc, "pointing": pointing}
     write_results(opened.folder, tables, COLUMNS, summary, lambda figures: behaviour_figures.write_relevance(tables, figures),
-                  may_be_nan=lambda table, column: column.endswith("_std"))
+                  may_be_nan=lambda table, column: column.endswith("_std") or table == "pointing")
     return summary
 
 
@@ -297,7 +308,8 @@ def _cli(argv=None) -> None:
     print(f"{args.out}: {summary['examples']} examples")
     for key, value in summary["auc"].items():
         print(f"  AUC {key}: {value:.3f}")
-    print("  pointing game: " + ", ".join(f"{m} {v:.3f}" for m, v in summary["pointing"].items())
+    print("  pointing game: " + ", ".join(f"{m} {v:.3f}" if v is not None else f"{m} n/a (no grounded words)"
+                                         for m, v in summary["pointing"].items())
           + (f" (chance {summary['pointing_chance']:.3f})" if summary["pointing_chance"] is not None else ""))
 
 

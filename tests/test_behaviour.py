@@ -386,3 +386,26 @@ def test_dynamics_measures_every_kept_step_compares_runs_and_resumes(trained_run
     layers = pd.read_csv(tmp_path / "d" / "layers.csv")
     assert len(layers) == 4 * 2 and np.allclose(layers[[f"frac_{c}" for c in PATTERNS]].sum(axis=1), 1)
     assert not (tmp_path / "d" / "steps").exists()
+
+
+def test_relevance_without_grounded_words_has_an_empty_pointing_game(tiny_probe, tmp_path):
+    """An official corpus has no word-region alignment: the pointing game is NaN over 0 word-pieces, and the
+    output is still written."""
+    from analyses.relevance import evaluate_split
+    from analyses.results import check_tables
+    model, probe = tiny_probe
+
+    class NoAlignment:
+        def __init__(self, items):
+            self.items = [dict(item, alignment=[]) for item in items]
+            self.store = type("Store", (), {"meta": staticmethod(lambda image_id: {})})()
+
+        def __getitem__(self, index):
+            return self.items[index]
+
+    dataset = NoAlignment(probe.chunks[0].examples)
+    curves, auc, pointing = evaluate_split(model, dataset, [0, 1])
+    assert list(pointing["method"]) == ["attention", "rollout", "gradient"]
+    assert (pointing["word_pieces"] == 0).all() and pointing["hits"].isna().all()
+    check_tables({"curves": curves, "auc": auc, "pointing": pointing}, tmp_path,
+                 lambda table, column: column.endswith("_std") or table == "pointing")

@@ -72,9 +72,10 @@ else:
     st.dataframe(table.rename(index=lambda o: NAMES.get(o, "random order")), column_config={
         c: st.column_config.NumberColumn(format="%.3f") for c in table.columns})
     pointing = tables["pointing"]
+    grounded = len(pointing) and pointing["word_pieces"].iloc[0] > 0
+    game = ("Pointing game (a grounded word's most relevant region shows its object): " + ", ".join(
+        f"{NAMES[r.method]} {r.hits:.3f}" for r in pointing.itertuples())
+        + f", chance {pointing['chance'].iloc[0]:.3f}. ") if grounded else "No grounded words for a pointing game. "
     st.caption(f"Area under the match-probability curve over {summary['examples']} {summary['source']['split']} "
-               "examples (most relevant first: lower is better; least relevant first: higher is better). Pointing "
-               "game (a grounded word's most relevant region shows its object): " + ", ".join(
-                   f"{NAMES[r.method]} {r.hits:.3f}" for r in pointing.itertuples())
-               + (f", chance {pointing['chance'].iloc[0]:.3f}. " if len(pointing) else ". ")
+               "examples (most relevant first: lower is better; least relevant first: higher is better). " + game
                + behaviour.where_read(loaded.source, "relevance"))
