@@ -215,6 +215,7 @@ def write_relevance(tables: dict[str, pd.DataFrame], folder: Path) -> None:
 
 
 RUN_STYLES = ("-", "--", ":", "-.")
+RUN_COLORS = ("#000000", "#CC3311", "#0077BB", "#009988")
 LAYER_COLORS = ("#0077BB", "#EE7733", "#009988", "#CC3311", "#33BBEE", "#EE3377", "#BBBBBB", "#000000")
 
 
@@ -226,9 +227,9 @@ def metrics_over_steps_figure(steps: pd.DataFrame, metrics=("r1", "margin", "mlm
     """Each probe metric against the training step, one line per run."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 2.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for style, run in zip(RUN_STYLES, _runs(steps)):
+        for style, color, run in zip(RUN_STYLES, RUN_COLORS, _runs(steps)):
             data = steps[steps["run"] == run].sort_values("step")
-            ax.plot(data["step"], data[metric], style, marker="o", markersize=2.5, color="black", label=run)
+            ax.plot(data["step"], data[metric], style, marker="o", markersize=2.5, color=color, label=run)
         ax.set_xlabel("step")
         ax.set_title(METRIC_NAMES[metric], fontsize=8)
     axes[0, 0].legend(frameon=False, fontsize=6)
@@ -262,12 +263,12 @@ def grounding_over_steps_figure(steps: pd.DataFrame, layers: pd.DataFrame):
     """The best head's word -> region hit rate (with chance), the share of cross-modal heads, and each layer's
     attention pointing game against the step."""
     fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.5))
-    for style, run in zip(RUN_STYLES, _runs(steps)):
+    for style, color, run in zip(RUN_STYLES, RUN_COLORS, _runs(steps)):
         data = steps[steps["run"] == run].sort_values("step")
-        axes[0].plot(data["step"], data["best_word_to_region"], style, color="black", marker="o", markersize=2.5,
+        axes[0].plot(data["step"], data["best_word_to_region"], style, color=color, marker="o", markersize=2.5,
                      label=run)
         axes[0].plot(data["step"], data["word_to_region_chance"], style, color="grey", linewidth=0.7)
-        axes[1].plot(data["step"], data["cross_modal_heads"], style, color="black", marker="o", markersize=2.5)
+        axes[1].plot(data["step"], data["cross_modal_heads"], style, color=color, marker="o", markersize=2.5)
         per_layer = layers[layers["run"] == run]
         for layer, color in zip(sorted(per_layer["layer"].unique()), LAYER_COLORS):
             line = per_layer[per_layer["layer"] == layer].sort_values("step")

@@ -36,7 +36,7 @@ from analyses.head_importance import ablation_table, gradient_importance
 from analyses.patterns import PATTERNS
 from analyses.probe import METRIC_NAMES, METRICS, build_probe, probe_metrics, probe_states
 from analyses.results import Progress, read_results, results_folder, table_entries, write_results
-from analyses.sources import DEFAULT_DEVICE, add_output_arguments, check_at_least, open_split
+from analyses.sources import DEFAULT_DEVICE, add_output_arguments, check_at_least, check_device, open_split
 from analyses.train_classifier import load_classifier
 from uniter_core.cli import exit_with, run_command, warn
 from uniter_core.errors import UserError
@@ -96,7 +96,8 @@ def measure_step(run: Run, corpus: Path, dataset, probe, grounding_indices: list
     layers = layers[layers["layer"] > 0].assign(layer=lambda t: t["layer"] - 1)  # encoder layers, from 0
     layers = layer_patterns.merge(layers[["layer", "attention_covering", "attention_box", "plan_covering",
                                           "plan_box"]], on="layer")
-    chance = head_tally.chance["word_to_region"].flat[0] / max(head_tally.count["word_to_region"], 1)
+    count = head_tally.count["word_to_region"]
+    chance = head_tally.chance["word_to_region"].flat[0] / count if count else float("nan")
     steps = pd.DataFrame([{**base, "cross_modal_heads": float((grounded["cross_modal"] > 0.5).mean()),
                            "best_word_to_region": float(grounded["word_to_region"].max()),
                            "word_to_region_chance": float(chance)}])
@@ -132,7 +133,7 @@ def dynamics(*, out: Path, run: Path, compare: Path | None = None, split: str = 
              candidates: int = 10, grounding_examples: int = 150, classifier: Path | None = None,
              device: str = "cpu", progress=True, force: bool = True, warn=None) -> dict:
     """Measure every kept step of `run` (and of `compare`) and write the module docstring's outputs."""
-    folder = results_folder(out, COMMAND, table_entries(TABLES), force=force)
+    folder = results_folder(out, COMMAND, table_entries(TABLES) + ("steps",), force=force)
     folder.check()
     runs = [run] + ([compare] if compare else [])
     if compare and run_label(compare) == run_label(run):
@@ -171,15 +172,17 @@ def dynamics(*, out: Path, run: Path, compare: Path | None = None, split: str = 
         report("kept steps", len(plan), len(plan))
     tables = {name: pd.concat([pd.read_parquet(parts / f"{run_label(r)}-{s:08d}" / f"{name}.parquet")
                                for r, s, _ in plan], ignore_index=True) for name in TABLES}
-    shutil.rmtree(parts)  # the pieces are in the tables now
     summary = {"source": {"runs": [str(r) for r in runs], "checkpoints": [loaded[r].checkpoint.name for r in runs],
                           "corpus": str(corpus), "split": split, "classifier": str(classifier or "default")},
                "settings": settings, "steps": {run_label(r): [s for rr, s, _ in plan if rr == r] for r in runs},
-               "final": {run_label(r): tables["steps"][tables["steps"]["run"] == run_label(r)].iloc[-1].drop(
-                   ["run"]).to_dict() for r in runs}}
+               "final": {run_label(r): {k: (None if isinstance(v, float) and v != v else v) for k, v in
+                                        tables["steps"][tables["steps"]["run"] == run_label(r)].iloc[-1].drop(
+                                            ["run"]).to_dict().items()} for r in runs}}
     write_results(folder, tables, COLUMNS, summary, lambda figures: behaviour_figures.write_dynamics(tables, figures),
-                  may_be_nan=lambda table, column: table != "steps" or column.startswith("word_to_region"),
+                  may_be_nan=lambda table, column: table != "steps" or column.startswith(("word_to_region",
+                                                                                         "best_word_to_region")),
                   started=True)
+    shutil.rmtree(folder.out / "steps", ignore_errors=True)  # the pieces are in the tables now
     return summary
 
 
@@ -200,6 +203,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default=DEFAULT_DEVICE)
     args = p.parse_args(argv)
     check_at_least(p, args, 1, "queries", "candidates", "grounding_examples")
+    check_device(p, args.device)
     return args
 
 

@@ -28,7 +28,8 @@ def add_source_arguments(parser: argparse.ArgumentParser, split: str = "test") -
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help="run folder written by uniter_core.train")
     src.add_argument("--checkpoint", type=Path, help="official UNITER .pt checkpoint (needs --corpus)")
-    parser.add_argument("--corpus", type=Path, help="corpus folder (default: the run's data.corpus)")
+    parser.add_argument("--corpus", type=Path, help="corpus folder (default: the run's data.corpus; needed with "
+                                                    "--checkpoint)")
     parser.add_argument("--preset", default="uniter-base", help="model preset of --checkpoint")
     parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE", type=preset_override,
                         help="a preset field of --checkpoint, e.g. num_hidden_layers=3 (repeatable)")
@@ -53,12 +54,17 @@ def check_source_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.error("--checkpoint needs --corpus")
     if args.override and not args.checkpoint:
         parser.error("--override applies to --checkpoint only (a run folder has its own config)")
+    check_device(parser, args.device)
+
+
+def check_device(parser: argparse.ArgumentParser, name: str) -> None:
+    """parser.error unless `name` is a device of this machine."""
     try:
-        device = torch.device(args.device)
+        device = torch.device(name)
     except RuntimeError:
-        parser.error(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, ...)")
+        parser.error(f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...)")
     if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: no GPU is available")
+        parser.error(f"--device {name}: no GPU is available")
 
 
 def open_source(*, run: Path | None = None, checkpoint: Path | None = None, corpus: Path | None = None,
@@ -66,13 +72,21 @@ def open_source(*, run: Path | None = None, checkpoint: Path | None = None, corp
     """(the Run, its `source` record: run folder and checkpoint name, or checkpoint file, preset and
     overrides: (field, value) pairs of the preset)."""
     if run:
-        loaded = load_run(run, warn=warn)
+        loaded = load_run(run, warn=warn, corpus=corpus)
         return loaded, {"run": str(run), "checkpoint": loaded.checkpoint.name}
     if checkpoint is None or corpus is None:
         raise UserError("give --run, or --checkpoint with --corpus")
     overrides = dict(overrides)
     source = {"checkpoint": str(checkpoint), "preset": preset, **({"overrides": overrides} if overrides else {})}
-    return load_official_checkpoint(checkpoint, corpus, preset, **overrides), source
+    try:
+        return load_official_checkpoint(checkpoint, corpus, preset, **overrides), source
+    except UserError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as error:  # a value the config took but the model cannot use
+        if not overrides:
+            raise
+        raise UserError(f"--override {' '.join(f'{k}={v}' for k, v in overrides.items())}: the model cannot be "
+                        f"built with it ({str(error).strip().splitlines()[-1][:200]})") from None
 
 
 def split_file(corpus: Path, split: str) -> Path:

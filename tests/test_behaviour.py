@@ -409,3 +409,18 @@ def test_relevance_without_grounded_words_has_an_empty_pointing_game(tiny_probe,
     assert (pointing["word_pieces"] == 0).all() and pointing["hits"].isna().all()
     check_tables({"curves": curves, "auc": auc, "pointing": pointing}, tmp_path,
                  lambda table, column: column.endswith("_std") or table == "pointing")
+
+
+def test_bad_overrides_devices_and_corpora_are_one_line(tiny_run, tiny_corpus, official_file, tmp_path, capsys):
+    from analyses import dynamics
+    for override in ("num_hidden_layers=three", "num_attention_heads=5", "hidden_dropout_prob=abc"):
+        code, captured = _run(head_grounding, ["--checkpoint", official_file, "--corpus", tiny_corpus, *TINY_PRESET,
+                                               "--override", override, "--out", tmp_path / "o"], capsys)
+        assert code == 2 and "--override" in captured.err and "Traceback" not in captured.err, captured.err
+        assert len(captured.err.strip().splitlines()) == 1
+    code, captured = _run(dynamics, ["--run", tiny_run, "--out", tmp_path / "d", "--device", "banana"], capsys)
+    assert code == 2 and "--device 'banana'" in captured.err
+    code, captured = _run(head_grounding, ["--run", tiny_run, "--corpus", tmp_path / "nothing", "--out",
+                                           tmp_path / "g"], capsys)
+    assert code == 2 and "--corpus" in captured.err and "not a built corpus" in captured.err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "g").exists()

@@ -150,9 +150,10 @@ def newest_loadable_model(run_dir: str | Path, warn=None) -> tuple[Path | None, 
     return newest_loadable(run_dir, load_finite_model, warn=warn)
 
 
-def load_run(run_dir: str | Path, warn=None) -> Run:
+def load_run(run_dir: str | Path, warn=None, corpus: str | Path | None = None) -> Run:
     """The newest intact checkpoint of a run folder written by uniter_core.train, with its corpus and config;
-    `warn(message)` hears about each damaged checkpoint skipped (they are also kept in Run.skipped)."""
+    `warn(message)` hears about each damaged checkpoint skipped (they are also kept in Run.skipped). `corpus`
+    replaces the run's own data.corpus (which may be relative to another working directory)."""
     run_dir = Path(run_dir)
     skipped: list[str] = []
 
@@ -167,6 +168,10 @@ def load_run(run_dir: str | Path, warn=None) -> Run:
         raise UserError(f"{run_dir} is not a run folder with a checkpoint (needs checkpoints/step_* and "
                         f"train_config.json; train with `python -m uniter_core.train`)")
     config = read_run_config(run_dir)
+    if corpus is not None:
+        if not (Path(corpus) / "manifest.json").exists():
+            raise UserError(f"--corpus {corpus} is not a built corpus (no manifest.json)")
+        return Run(model, Path(corpus), config, latest, tuple(skipped))
     return Run(model, run_corpus(run_dir, config), config, latest, tuple(skipped))
 
 
@@ -176,8 +181,9 @@ def load_official_checkpoint(checkpoint: str | Path, corpus_dir: str | Path, pre
     LMDB with uniter_core.data.official_db)."""
     try:
         config = UniterConfig.from_preset(preset, **overrides)
-    except ValueError as error:
-        raise UserError(f"--preset {preset}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - the config's own validators raise their own types
+        reason = str(error).strip().splitlines()[-1].strip() if str(error).strip() else type(error).__name__
+        raise UserError(f"--preset {preset}{' / --override' if overrides else ''}: {reason}") from None
     corpus_dir = Path(corpus_dir)
     # the checkpoint first: a damaged or foreign file must be named before any complaint about the corpus
     model = UniterForPretraining.from_official_state_dict(checkpoint, config)
