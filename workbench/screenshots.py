@@ -23,7 +23,8 @@ from workbench.browser import Browser, Server, chromium_missing
 from workbench.pages import PAGES as APP_PAGES
 from workbench.pages import REPO, page_url
 
-DEFAULT_SHOTS = ("overview", "head_explorer", "image_view", "transport", "statistics", "training")
+DEFAULT_SHOTS = ("overview", "head_explorer", "image_view", "transport", "statistics", "training", "importance",
+                 "grounding", "relevance")
 MAX_BYTES = 200_000
 # url path -> the page's title (h1): what Browser.open waits for in the main area, beside the app becoming idle
 PAGES = {page.url: page.title for page in APP_PAGES}
